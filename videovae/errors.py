@@ -1,0 +1,55 @@
+"""videovae's exceptions. Each subclasses the builtin that fits (ValueError, TypeError, OSError), so
+callers that catch builtins keep working, and `VideoVAEError` catches them all. Messages name the
+problem and the fix."""
+
+from __future__ import annotations
+
+
+class VideoVAEError(Exception):
+    """Base of every error videovae raises on purpose."""
+
+
+class VideoLayoutError(VideoVAEError, ValueError):
+    """A video or latent tensor has the wrong rank, layout, channel count or an empty dimension."""
+
+
+class VideoDTypeError(VideoVAEError, TypeError):
+    """A tensor's dtype cannot be encoded or decoded (integer, bool, complex)."""
+
+
+class NonFiniteInputError(VideoVAEError, ValueError):
+    """The input holds NaN or Inf values."""
+
+
+class FramePolicyError(VideoVAEError, ValueError):
+    """A `strict` frame policy was violated, or a policy name is unknown."""
+
+
+class CheckpointError(VideoVAEError, OSError):
+    """A checkpoint file cannot be read: not safetensors, truncated, or unreadable."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint path does not exist."""
+
+
+class CheckpointMismatchError(VideoVAEError, ValueError):
+    """The checkpoint is readable but is not a model videovae can build (unknown family, or missing,
+    unexpected or mis-shaped tensors)."""
+
+
+class LatentMismatchError(VideoVAEError, ValueError):
+    """Latents that do not fit the model (channel count, family, or size)."""
+
+
+class VideoFileError(VideoVAEError, OSError):
+    """A video file cannot be read: not a video, truncated or corrupt, or has no video stream."""
+
+
+class VideoFileNotFoundError(VideoFileError, FileNotFoundError):
+    """The video path does not exist."""
+
+
+class OutputPathError(VideoVAEError, OSError):
+    """An output cannot be written where asked: the folder is missing or not writable, or the target
+    is a folder."""

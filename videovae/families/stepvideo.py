@@ -1,0 +1,422 @@
+"""Step-Video-T2V video VAE, v1 and v2, as one config-driven implementation.
+
+Layout inside the model: (B, C, T, H, W), channels-first, so convolutions run without permutes.
+The public (B, T, C, H, W) layout is handled by `videovae.api`; this module sees one chunk at a time
+(at most 17 frames / `latents_per_chunk` latent frames).
+
+v1: z = 16, 8x spatial, 17 frames -> 5 latents, group-norm statistics over the whole chunk.
+v2: z = 64, 16x spatial, 17 frames -> 3 latents (a 2x2x2 pixel-unshuffle "patchify" tail), group-norm
+    statistics per frame (causal in time).
+Checkpoint keys equal this module's parameter names except `decoder.conv_out.{weight,bias}`, which
+the model holds as `decoder.conv_out.conv.*` (see `checkpoint_to_module_key`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..chunking import FrameLayout
+from ..layers import (
+    CausalAttention,
+    CausalConv3d,
+    GroupNorm,
+    channel_group_mean,
+    conv_per_frame,
+    pad_time_front,
+    pixel_shuffle_3d,
+    pixel_unshuffle_3d,
+)
+
+FAMILY = "stepvideo"
+FRAMES_PER_CHUNK = 17
+NUM_GROUPS = 32
+
+
+@dataclass(frozen=True)
+class StepVideoConfig:
+    """Every structural fact of a Step-Video VAE; all of it can be read from checkpoint shapes.
+
+    encoder_widths / decoder_widths: output width of each resolution level, level 0 first.
+    encoder_blocks / decoder_blocks: residual blocks per level.
+    encoder_temporal_levels: levels whose downsample is a stride-2 causal 3D conv (others are 2D).
+    decoder_temporal_levels: levels whose upsample doubles time too (others are 2D nearest + conv).
+    patch_channels: v2 only, channels after the 2x2x2 pixel-unshuffle tail (4 * z * 8 in the release).
+    """
+
+    version: int
+    z_channels: int
+    in_channels: int = 3
+    out_channels: int = 3
+    encoder_in_width: int = 32
+    encoder_widths: tuple[int, ...] = (128, 256, 512, 512)
+    encoder_blocks: int = 2
+    encoder_temporal_levels: tuple[int, ...] = (1, 2)
+    decoder_widths: tuple[int, ...] = (128, 256, 512, 512)
+    decoder_blocks: int = 3
+    decoder_temporal_levels: tuple[int, ...] = (2, 3)
+    patch_channels: int | None = None
+    eps: float = 1e-5
+
+    def __post_init__(self):
+        if self.version not in (1, 2):
+            raise ValueError(f"Step-Video VAE version must be 1 or 2; got {self.version}")
+        if self.version == 2 and not self.patch_channels:
+            raise ValueError("Step-Video v2 needs patch_channels (4 * z * 8 in the released model)")
+
+    @property
+    def per_frame_norm(self) -> bool:
+        """v2 normalises each frame on its own; v1 normalises over the whole chunk."""
+        return self.version == 2
+
+    @property
+    def patch_factor(self) -> int:
+        return 2 if self.version == 2 else 1
+
+    @property
+    def frame_layout(self) -> FrameLayout:
+        time_factor = 2 ** len(self.encoder_temporal_levels) * self.patch_factor
+        spatial_factor = 2 ** (len(self.encoder_widths) - 1) * self.patch_factor
+        latents = (FRAMES_PER_CHUNK - 1) // time_factor + 1
+        return FrameLayout(FRAMES_PER_CHUNK, latents, time_factor, spatial_factor)
+
+
+def stepvideo_v1_config() -> StepVideoConfig:
+    """The released `vae.safetensors` (258.8 M parameters)."""
+    return StepVideoConfig(version=1, z_channels=16)
+
+
+def stepvideo_v2_config() -> StepVideoConfig:
+    """The released `vae_v2.safetensors` (498.8 M parameters)."""
+    return StepVideoConfig(version=2, z_channels=64, patch_channels=4 * 64 * 8)
+
+
+# ------------------------------------------------------------------------------------------------
+# Blocks
+
+
+class ResBlock3d(nn.Module):
+    """norm1 -> SiLU -> causal conv1 -> norm2 -> SiLU -> causal conv2, plus a (1x1x1) shortcut.
+
+    The SiLU and the zero front frames of each causal conv are fused into the norms.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, per_frame_norm: bool, eps: float):
+        super().__init__()
+        self.norm1 = GroupNorm(in_channels, NUM_GROUPS, eps, per_frame_norm)
+        self.conv1 = CausalConv3d(in_channels, out_channels)
+        self.norm2 = GroupNorm(out_channels, NUM_GROUPS, eps, per_frame_norm)
+        self.conv2 = CausalConv3d(out_channels, out_channels)
+        if in_channels != out_channels:
+            self.nin_shortcut = CausalConv3d(in_channels, out_channels, kernel_size=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, C_in, T, H, W) -> (B, C_out, T, H, W)."""
+        pad = self.conv1.time_pad
+        h = self.conv1(self.norm1(x, silu=True, front_pad=pad), padded=True)
+        shortcut = self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x
+        h = self.norm2(h, silu=True, front_pad=pad)
+        return self.conv2(h, padded=True, residual=shortcut)
+
+
+class MidBlock(nn.Module):
+    """block_1 -> causal attention -> block_2 (keys `mid.block_1`, `mid.attn_1`, `mid.block_2`)."""
+
+    def __init__(self, channels: int, per_frame_norm: bool, eps: float):
+        super().__init__()
+        self.block_1 = ResBlock3d(channels, channels, per_frame_norm, eps)
+        self.attn_1 = CausalAttention(channels, per_frame_norm)
+        self.block_2 = ResBlock3d(channels, channels, per_frame_norm, eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.block_2(self.attn_1(self.block_1(x)))
+
+
+class Downsample2d(nn.Module):
+    """Per-frame 3x3 stride-2 conv after zero-padding one row at the bottom and one column at the right."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, C, T, H, W) -> (B, C, T, H // 2, W // 2)."""
+        return conv_per_frame(F.pad(x, (0, 1, 0, 1)), self.conv)
+
+
+class Downsample3d(nn.Module):
+    """Causal 3x3x3 conv with stride 2 in (t, h, w)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = CausalConv3d(channels, channels, stride=2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, C, T, H, W) -> (B, C, ceil(T / 2), ceil(H / 2), ceil(W / 2))."""
+        return self.conv(x)
+
+
+class Upsample2d(nn.Module):
+    """Nearest x2 in (h, w), then a per-frame 3x3 conv."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, C, T, H, W) -> (B, C, T, 2H, 2W)."""
+        x = F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest")
+        return conv_per_frame(x, self.conv, padding=(1, 1))
+
+
+class UpsampleResBlock(nn.Module):
+    """The residual block after a 3D upsample: silu(norm2(conv2(silu(norm1(conv1 x)))) + x) + x.
+
+    (The residual is added twice, as in the released model: parity needs it.)
+    """
+
+    def __init__(self, channels: int, per_frame_norm: bool, eps: float):
+        super().__init__()
+        self.conv1 = CausalConv3d(channels, channels)
+        self.norm1 = GroupNorm(channels, NUM_GROUPS, eps, per_frame_norm)
+        self.conv2 = CausalConv3d(channels, channels)
+        self.norm2 = GroupNorm(channels, NUM_GROUPS, eps, per_frame_norm)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv1(x)
+        h = self.conv2(self.norm1(h, silu=True, front_pad=self.conv2.time_pad), padded=True)
+        h = self.norm2(h).add_(x)
+        return F.silu(h, inplace=True).add_(x)
+
+
+class Upsample3d(nn.Module):
+    """Nearest x2 in (t, h, w), then `UpsampleResBlock` (keys `upsample.conv3d.*`)."""
+
+    def __init__(self, channels: int, per_frame_norm: bool, eps: float):
+        super().__init__()
+        self.conv3d = UpsampleResBlock(channels, per_frame_norm, eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, C, T, H, W) -> (B, C, 2T, 2H, 2W)."""
+        return self.conv3d(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class Level(nn.Module):
+    """One resolution level: `block.{i}` residual blocks and an optional `downsample` / `upsample`."""
+
+    def __init__(self, blocks: list[nn.Module]):
+        super().__init__()
+        self.block = nn.ModuleList(blocks)
+
+
+# ------------------------------------------------------------------------------------------------
+# Encoder and decoder
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: StepVideoConfig):
+        super().__init__()
+        self.cfg = cfg
+        norm = dict(per_frame_norm=cfg.per_frame_norm, eps=cfg.eps)
+        self.conv_in = CausalConv3d(cfg.in_channels, cfg.encoder_in_width)
+        self.down = nn.ModuleList()
+        width = cfg.encoder_in_width
+        last = len(cfg.encoder_widths) - 1
+        for i, out_width in enumerate(cfg.encoder_widths):
+            blocks = []
+            for _ in range(cfg.encoder_blocks):
+                blocks.append(ResBlock3d(width, out_width, **norm))
+                width = out_width
+            level = Level(blocks)
+            if i != last:
+                level.downsample = Downsample3d(width) if i in cfg.encoder_temporal_levels else Downsample2d(width)
+            self.down.append(level)
+        self.mid = MidBlock(width, **norm)
+        self.norm_out = GroupNorm(width, NUM_GROUPS, cfg.eps, cfg.per_frame_norm)
+        moments = 2 * cfg.z_channels
+        if cfg.version == 2:
+            P = cfg.patch_channels
+            self.conv_patchify = _PatchifyConv(width, P // 8)
+            self.conv_out = CausalConv3d(P, moments)
+        else:
+            self.conv_out = CausalConv3d(width, moments)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, C, T, H, W), one chunk -> moments (B, 2z, T_lat, h, w)."""
+        h = self.conv_in(x)
+        for level in self.down:
+            for block in level.block:
+                h = block(h)
+            if hasattr(level, "downsample"):
+                h = level.downsample(h)
+        h = self.mid(h)
+        if self.cfg.version == 1:
+            return self.conv_out(self.norm_out(h, silu=True, front_pad=self.conv_out.time_pad), padded=True)
+
+        # v2 tail: (B, C, T, H, W) -> patchify to (B, P, (T + 1) / 2, H / 2, W / 2) -> moments.
+        h = self.norm_out(h, silu=True)
+        shortcut = channel_group_mean(pixel_unshuffle_3d(pad_time_front(h, 1), 2), self.cfg.patch_channels)
+        h = self.conv_patchify(h).add_(shortcut)
+        return self.conv_out(h, residual=channel_group_mean(h, 2 * self.cfg.z_channels))
+
+
+class _PatchifyConv(nn.Module):
+    """Causal conv C -> P / 8, then one zero front frame and a 2x2x2 pixel-unshuffle to P channels
+    (keys `conv_patchify.conv.conv.*`)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = CausalConv3d(in_channels, out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return pixel_unshuffle_3d(pad_time_front(self.conv(x), 1), 2)
+
+
+class _UnpatchifyConv(nn.Module):
+    """Causal conv P -> 8 C, a 2x2x2 pixel shuffle to C channels, first frame dropped
+    (keys `conv_unpatchify.conv.conv.*`)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = CausalConv3d(in_channels, out_channels * 8)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return pixel_shuffle_3d(self.conv(x), 2)[:, :, 1:]
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: StepVideoConfig):
+        super().__init__()
+        self.cfg = cfg
+        norm = dict(per_frame_norm=cfg.per_frame_norm, eps=cfg.eps)
+        width = cfg.decoder_widths[-1]
+        if cfg.version == 2:
+            P = cfg.patch_channels
+            self.conv_in = CausalConv3d(cfg.z_channels, P)
+            self.conv_unpatchify = _UnpatchifyConv(P, width)
+        else:
+            self.conv_in = CausalConv3d(cfg.z_channels, width)
+        self.mid = MidBlock(width, **norm)
+        levels = []
+        for i in reversed(range(len(cfg.decoder_widths))):
+            out_width = cfg.decoder_widths[i]
+            blocks = []
+            for _ in range(cfg.decoder_blocks):
+                blocks.append(ResBlock3d(width, out_width, **norm))
+                width = out_width
+            level = Level(blocks)
+            if i != 0:
+                level.upsample = Upsample3d(width, **norm) if i in cfg.decoder_temporal_levels else Upsample2d(width)
+            levels.insert(0, level)
+        self.up = nn.ModuleList(levels)
+        self.norm_out = GroupNorm(width, NUM_GROUPS, cfg.eps, cfg.per_frame_norm)
+        self.conv_out = CausalConv3d(width, cfg.out_channels)
+        # Frames the causal temporal upsampling adds in front of each chunk; dropped at the end.
+        self.crop_frames = 2 ** len(cfg.decoder_temporal_levels) - 1
+
+    def forward(self, z: Tensor) -> Tensor:
+        """z: (B, z, L, h, w), one chunk -> (B, C_out, time_factor * (L - 1) + 1, H, W)."""
+        h = self.conv_in(z)
+        if self.cfg.version == 2:
+            P, width = self.cfg.patch_channels, self.cfg.decoder_widths[-1]
+            h = h.add_(z.repeat_interleave(P // self.cfg.z_channels, dim=1))
+            shortcut = pixel_shuffle_3d(h.repeat_interleave(width * 8 // P, dim=1), 2)[:, :, 1:]
+            h = self.conv_unpatchify(h).add_(shortcut)
+        h = self.mid(h)
+        for level in reversed(self.up):
+            for block in level.block:
+                h = block(h)
+            if hasattr(level, "upsample"):
+                h = level.upsample(h)
+        h = self.conv_out(self.norm_out(h, silu=True, front_pad=self.conv_out.time_pad), padded=True)
+        return h[:, :, self.crop_frames:]
+
+
+class StepVideoVAE(nn.Module):
+    """Encoder and decoder of one chunk, channels-first: the family's model for `videovae.api`."""
+
+    family = FAMILY
+
+    def __init__(self, cfg: StepVideoConfig):
+        super().__init__()
+        self.config = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+
+    @property
+    def version(self) -> int:
+        return self.config.version
+
+    @property
+    def latent_channels(self) -> int:
+        return self.config.z_channels
+
+    @property
+    def frame_layout(self) -> FrameLayout:
+        return self.config.frame_layout
+
+    def encode_chunk(self, x: Tensor) -> Tensor:
+        """x: (B, C, T, H, W), T exact and <= 17 -> moments (B, 2z, T_lat, h, w)."""
+        return self.encoder(x)
+
+    def decode_chunk(self, z: Tensor) -> Tensor:
+        """z: (B, z, L, h, w), L <= latents_per_chunk -> (B, C, T, H, W)."""
+        return self.decoder(z)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoint keys and config from shapes
+
+_DECODER_CONV_OUT = re.compile(r"^decoder\.conv_out\.(weight|bias)$")
+SENTINEL_KEYS = ("encoder.conv_in.conv.weight", "decoder.conv_in.conv.weight", "encoder.mid.attn_1.q.conv.weight")
+
+
+def checkpoint_to_module_key(key: str) -> str:
+    """The released files store the decoder output conv as `decoder.conv_out.*`."""
+    return _DECODER_CONV_OUT.sub(r"decoder.conv_out.conv.\1", key)
+
+
+def module_to_checkpoint_key(key: str) -> str:
+    return key.replace("decoder.conv_out.conv.", "decoder.conv_out.")
+
+
+def looks_like(keys: set[str]) -> bool:
+    return all(k in keys for k in SENTINEL_KEYS)
+
+
+def config_from_shapes(shapes: dict[str, tuple[int, ...]]) -> StepVideoConfig:
+    """Read every width, z, level and block count from module-key shapes (no hand-written config)."""
+
+    def levels(prefix: str) -> list[int]:
+        found = {int(m.group(1)) for k in shapes if (m := re.match(rf"^{prefix}\.(\d+)\.", k))}
+        return sorted(found)
+
+    def blocks(prefix: str) -> int:
+        return len({m.group(1) for k in shapes if (m := re.match(rf"^{prefix}\.block\.(\d+)\.", k))})
+
+    enc_levels, dec_levels = levels("encoder.down"), levels("decoder.up")
+    version = 2 if "encoder.conv_patchify.conv.conv.weight" in shapes else 1
+    conv_in = shapes["encoder.conv_in.conv.weight"]  # (width, in_channels, 3, 3, 3)
+    z2 = shapes["encoder.conv_out.conv.weight"][0]   # (2z, C or P, 3, 3, 3)
+    return StepVideoConfig(
+        version=version,
+        z_channels=z2 // 2,
+        in_channels=conv_in[1],
+        out_channels=shapes["decoder.conv_out.conv.weight"][0],
+        encoder_in_width=conv_in[0],
+        encoder_widths=tuple(shapes[f"encoder.down.{i}.block.0.conv1.conv.weight"][0] for i in enc_levels),
+        encoder_blocks=blocks("encoder.down.0"),
+        encoder_temporal_levels=tuple(i for i in enc_levels if f"encoder.down.{i}.downsample.conv.conv.weight" in shapes),
+        decoder_widths=tuple(shapes[f"decoder.up.{i}.block.0.conv1.conv.weight"][0] for i in dec_levels),
+        decoder_blocks=blocks("decoder.up.0"),
+        decoder_temporal_levels=tuple(i for i in dec_levels if f"decoder.up.{i}.upsample.conv3d.conv1.conv.weight" in shapes),
+        patch_channels=shapes["encoder.conv_out.conv.weight"][1] if version == 2 else None,
+    )
+
+
+def describe(cfg: StepVideoConfig) -> str:
+    return f"Step-Video VAE v{cfg.version} (z={cfg.z_channels}, {cfg.frame_layout.spatial_factor}x spatial)"

@@ -1,0 +1,128 @@
+"""Building blocks shared by the families. Every norm goes through `videovae_kernels.group_norm`."""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from videovae_kernels import group_norm
+
+
+class GroupNorm(nn.Module):
+    """Group norm whose parameters load from `nn.GroupNorm` keys (weight, bias), run by the fused op.
+
+    per_frame: statistics over (C/G, H, W) for each frame (causal in time) instead of the whole clip.
+    forward(x, silu=..., residual=..., front_pad=...) exposes the op's fusions; see
+    `videovae_kernels.group_norm`.
+    """
+
+    def __init__(self, num_channels: int, num_groups: int = 32, eps: float = 1e-5, per_frame: bool = False):
+        super().__init__()
+        self.num_groups, self.eps, self.per_frame = num_groups, eps, per_frame
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+
+    def forward(self, x: Tensor, *, silu: bool = False, residual: Tensor | None = None, front_pad: int = 0):
+        per_frame = self.per_frame and x.ndim == 5
+        return group_norm(
+            x, self.num_groups, self.weight, self.bias, self.eps,
+            per_frame=per_frame, silu=silu, residual=residual, front_pad=front_pad,
+        )
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, groups={self.num_groups}, eps={self.eps}, per_frame={self.per_frame}"
+
+
+def pad_time_front(x: Tensor, frames: int) -> Tensor:
+    """x: (B, C, T, H, W) -> (B, C, frames + T, H, W) with `frames` zero frames in front."""
+    if frames == 0:
+        return x
+    out = torch.empty((x.shape[0], x.shape[1], frames + x.shape[2], *x.shape[3:]),
+                      dtype=x.dtype, device=x.device, memory_format=_memory_format_of(x))
+    out[:, :, :frames].zero_()
+    out[:, :, frames:].copy_(x)
+    return out
+
+
+def _memory_format_of(x: Tensor) -> torch.memory_format:
+    if x.ndim == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+class CausalConv3d(nn.Module):
+    """A 3D convolution that is causal in time: each output frame sees only input frames up to its own.
+
+    Time is zero-padded at the front by (kernel_t - 1) frames; H and W are zero-padded symmetrically
+    by the conv itself. `forward(x, padded=True)` takes an input whose front padding is already in
+    place (written by a fused norm with `front_pad`), so no pad copy is made.
+    Parameters live in `.conv` (checkpoint keys `<name>.conv.weight`, `<name>.conv.bias`).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1):
+        super().__init__()
+        self.time_pad = kernel_size - 1
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride, padding=(0, kernel_size // 2, kernel_size // 2))
+
+    def forward(self, x: Tensor, *, padded: bool = False, residual: Tensor | None = None) -> Tensor:
+        """x: (B, C_in, T, H, W), or (B, C_in, time_pad + T, H, W) when padded -> (B, C_out, T', H', W')."""
+        if not padded:
+            x = pad_time_front(x, self.time_pad)
+        out = self.conv(x)
+        if residual is not None:
+            out.add_(residual)
+        return out
+
+
+def conv_per_frame(x: Tensor, conv: nn.Conv2d, padding: tuple[int, int] = (0, 0)) -> Tensor:
+    """Apply a 2D conv to every frame of x: (B, C, T, H, W), as a (1, kh, kw) 3D conv (no fold copy)."""
+    weight = conv.weight.unsqueeze(2)  # (C_out, C_in, 1, kh, kw)
+    return F.conv3d(x, weight, conv.bias, stride=(1, *conv.stride), padding=(0, *padding))
+
+
+def pixel_unshuffle_3d(x: Tensor, factor: int) -> Tensor:
+    """x: (B, C, T, H, W) with T, H, W divisible by factor -> (B, C * factor^3, T/f, H/f, W/f).
+
+    Output channel c * f^3 + (ft * f + fh) * f + fw holds input (c, t * f + ft, h * f + fh, w * f + fw).
+    """
+    return rearrange(x, "b c (t ft) (h fh) (w fw) -> b (c ft fh fw) t h w", ft=factor, fh=factor, fw=factor)
+
+
+def pixel_shuffle_3d(x: Tensor, factor: int) -> Tensor:
+    """Inverse of `pixel_unshuffle_3d`: x: (B, C * f^3, T, H, W) -> (B, C, T * f, H * f, W * f)."""
+    return rearrange(x, "b (c ft fh fw) t h w -> b c (t ft) (h fh) (w fw)", ft=factor, fh=factor, fw=factor)
+
+
+def channel_group_mean(x: Tensor, out_channels: int) -> Tensor:
+    """x: (B, C, ...) -> (B, out_channels, ...): mean over consecutive groups of C / out_channels channels."""
+    return x.unflatten(1, (out_channels, x.shape[1] // out_channels)).mean(dim=2)
+
+
+class CausalAttention(nn.Module):
+    """Single-head self-attention over all (t, h, w) tokens in raster order, causal at token level,
+    with a residual add. q, k, v, proj_out are 1x1x1 convs (keys `<name>.conv.weight`), run as linears.
+    """
+
+    def __init__(self, channels: int, per_frame_norm: bool):
+        super().__init__()
+        self.norm = GroupNorm(channels, per_frame=per_frame_norm)
+        self.q = CausalConv3d(channels, channels, kernel_size=1)
+        self.k = CausalConv3d(channels, channels, kernel_size=1)
+        self.v = CausalConv3d(channels, channels, kernel_size=1)
+        self.proj_out = CausalConv3d(channels, channels, kernel_size=1)
+
+    @staticmethod
+    def _linear(tokens: Tensor, proj: CausalConv3d) -> Tensor:
+        return F.linear(tokens, proj.conv.weight.flatten(1), proj.conv.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, C, T, H, W) -> same shape."""
+        _, _, T, H, W = x.shape
+        tokens = rearrange(self.norm(x), "b c t h w -> b (t h w) c")  # (B, N, C)
+        q, k, v = (self._linear(tokens, p) for p in (self.q, self.k, self.v))
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, N, C)
+        out = self._linear(attended, self.proj_out)
+        out = rearrange(out, "b (t h w) c -> b c t h w", t=T, h=H, w=W)
+        return out.add_(x)
