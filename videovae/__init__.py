@@ -1,0 +1,30 @@
+"""videovae: causal video autoencoders with an explicit (B, T, C, H, W) API.
+
+    import videovae
+    vae = videovae.load("vae_v2.safetensors", dtype="bf16")
+    posterior = vae.encode(video)              # video: (B, T, 3, H, W) in [-1, 1], any T, H, W
+    frames = vae.decode(posterior.mode(), num_frames=video.shape[1])
+"""
+
+from .api import VideoVAE, load
+from .chunking import FrameLayout, FramePolicy
+from .distribution import LatentDistribution
+from .errors import (
+    CheckpointError,
+    CheckpointMismatchError,
+    CheckpointNotFoundError,
+    FramePolicyError,
+    LatentMismatchError,
+    NonFiniteInputError,
+    VideoDTypeError,
+    VideoLayoutError,
+    VideoVAEError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "load", "VideoVAE", "LatentDistribution", "FramePolicy", "FrameLayout",
+    "VideoVAEError", "VideoLayoutError", "VideoDTypeError", "NonFiniteInputError", "FramePolicyError",
+    "CheckpointError", "CheckpointNotFoundError", "CheckpointMismatchError", "LatentMismatchError",
+]

@@ -90,7 +90,7 @@ class FrameLayout:
         """Human description of the frame counts that round-trip exactly."""
         if self.frames_per_chunk is None:
             return "any frame count" if self.time_factor == 1 else f"{self.time_factor}k + 1 frames"
-        rest = ", ".join(str(n) for n in self.exact_chunk_lengths)
+        rest = ", ".join(str(n) for n in self.exact_chunk_lengths if n != self.frames_per_chunk)
         return f"{self.frames_per_chunk}k + r frames with r in {{0, {rest}}}"
 
 

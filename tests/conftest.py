@@ -1,0 +1,60 @@
+"""Shared test setup.
+
+TRITON_INTERPRET must be set before any Triton kernel module is imported, so it is set here, first:
+tests run the Triton kernels on CPU through the interpreter. It changes nothing for the PyTorch path
+(the dispatcher picks Triton only for CUDA tensors unless VIDEOVAE_KERNELS forces it).
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures"
+STEPVIDEO = FIXTURES / "stepvideo"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", help="run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _threads():
+    torch.set_num_threads(int(os.environ.get("VIDEOVAE_TEST_THREADS", "2")))
+
+
+def stepvideo_weights(version: int) -> Path:
+    return STEPVIDEO / f"stepvideo_v{version}_tiny.safetensors"
+
+
+def stepvideo_io(version: int) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(STEPVIDEO / f"stepvideo_v{version}_tiny_io.safetensors")
+
+
+@pytest.fixture(scope="session")
+def v1():
+    import videovae
+
+    return videovae.load(stepvideo_weights(1), dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def v2():
+    import videovae
+
+    return videovae.load(stepvideo_weights(2), dtype=torch.float32)

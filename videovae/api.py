@@ -1,0 +1,237 @@
+"""VideoVAE: the public encode/decode module over (B, T, C, H, W) videos in [-1, 1].
+
+It owns what every family shares: input validation, the dtype/device policy, the frame policy, the
+chunk loop and the seam blend. A family model only sees one chunk, channels-first:
+`encode_chunk(x: (B, C, T, H, W)) -> moments (B, 2z, T_lat, h, w)` and
+`decode_chunk(z: (B, z, T_lat, h, w)) -> (B, C, T, H, W)`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from .chunking import FrameLayout, FramePolicy, PadRecord, apply_policy, blend_seams, undo
+from .distribution import LatentDistribution
+from .errors import VideoLayoutError
+from .validation import check_latents, check_video
+
+
+def time_to_channels(x: Tensor) -> Tensor:
+    """(B, T, C, H, W) -> (B, C, T, H, W), a view."""
+    return x.transpose(1, 2)
+
+
+def channels_to_time(x: Tensor) -> Tensor:
+    """(B, C, T, H, W) -> (B, T, C, H, W), a view."""
+    return x.transpose(1, 2)
+
+
+class VideoVAE(nn.Module):
+    """A video autoencoder with one interface for every family.
+
+    Videos are (B, T, C, H, W) in [-1, 1]; latents are (B, T_lat, z, h, w). Inputs of any float dtype
+    and device are cast to the model's dtype and device on entry; outputs come back in the input's
+    dtype and on its device. Build one with `videovae.load(path)`.
+    """
+
+    def __init__(self, model: nn.Module, *, source: str | None = None):
+        super().__init__()
+        self.model = model
+        self.source = source
+
+    # -- facts ---------------------------------------------------------------------------------
+
+    @property
+    def family(self) -> str:
+        return self.model.family
+
+    @property
+    def version(self) -> int | None:
+        return getattr(self.model, "version", None)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def frame_layout(self) -> FrameLayout:
+        return self.model.frame_layout
+
+    @property
+    def in_channels(self) -> int:
+        return self.model.config.in_channels
+
+    @property
+    def latent_channels(self) -> int:
+        return self.model.latent_channels
+
+    @property
+    def spatial_compression(self) -> int:
+        return self.frame_layout.spatial_factor
+
+    @property
+    def temporal_compression(self) -> int:
+        return self.frame_layout.time_factor
+
+    @property
+    def frames_per_chunk(self) -> int | None:
+        """Frames encoded together (None: the whole clip)."""
+        return self.frame_layout.frames_per_chunk
+
+    @property
+    def latent_frames_per_chunk(self) -> int | None:
+        """Latent frames decoded together (None: the whole clip)."""
+        return self.frame_layout.latents_per_chunk
+
+    @property
+    def exact_frame_counts(self) -> str:
+        """Which frame counts round-trip to the same length, in words."""
+        return self.frame_layout.describe_exact()
+
+    def is_exact(self, frames: int) -> bool:
+        """Whether `frames` frames round-trip to the same length without padding."""
+        return self.frame_layout.is_exact(frames)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def latent_shape(self, video_shape: tuple[int, ...], policy: FramePolicy | str | None = None) -> tuple[int, ...]:
+        """(B, T_lat, z, h, w) that `encode` gives for a (B, T, C, H, W) video under `policy`."""
+        B, T, _, H, W = video_shape
+        probe = torch.empty((1, T, 1, H, W), device="meta")
+        _, record = apply_policy(probe, self.frame_layout, FramePolicy.coerce(policy))
+        s = self.spatial_compression
+        return (B, self.frame_layout.latent_frames(record.padded_frames), self.latent_channels,
+                record.padded_height // s, record.padded_width // s)
+
+    def extra_repr(self) -> str:
+        return f"family={self.family}, version={self.version}, z={self.latent_channels}, dtype={self.dtype}"
+
+    # -- encode / decode -------------------------------------------------------------------------
+
+    def _to_model(self, x: Tensor) -> Tensor:
+        return x.to(device=self.device, dtype=self.dtype)
+
+    def encode_moments(self, video: Tensor) -> Tensor:
+        """video: (B, T, C, H, W) of an exact length and size, model dtype -> moments (B, T_lat, 2z, h, w).
+
+        Chunks of `frames_per_chunk` frames are encoded independently (no state crosses chunks).
+        """
+        step = self.frames_per_chunk or video.shape[1]
+        moments = [channels_to_time(self.model.encode_chunk(time_to_channels(chunk))) for chunk in video.split(step, dim=1)]
+        return torch.cat(moments, dim=1) if len(moments) > 1 else moments[0]
+
+    def encode(self, video: Tensor, policy: FramePolicy | str | None = None) -> LatentDistribution:
+        """Encode video: (B, T, C, H, W) in [-1, 1] -> LatentDistribution over (B, T_lat, z, h, w).
+
+        policy: "pad" (default), "trim", "strict" or a FramePolicy, for lengths and sizes that do not
+        round-trip exactly (see `exact_frame_counts` and `spatial_compression`).
+        """
+        x = check_video(video, self.in_channels)
+        x, record = apply_policy(self._to_model(x), self.frame_layout, FramePolicy.coerce(policy))
+        moments = self.encode_moments(x)
+        return LatentDistribution.from_moments(moments.to(device=video.device, dtype=video.dtype), record)
+
+    def decode(
+        self, latents: Tensor | LatentDistribution, num_frames: int | None = None, *, blend: bool = True
+    ) -> Tensor:
+        """Decode latents: (B, T_lat, z, h, w) -> video (B, T, C, H, W), unclamped.
+
+        latents: a tensor, or a LatentDistribution (its mode, cropped back to the frames and size of
+            the video it was encoded from).
+        num_frames: keep only the first `num_frames` decoded frames.
+        blend: apply the seam blend between decoded chunks (the reference behaviour), default on.
+        """
+        record = None
+        if isinstance(latents, LatentDistribution):
+            record, latents = latents.record, latents.mode()
+        z = check_latents(latents, self.latent_channels)
+        video = self.decode_frames(self._to_model(z), blend=blend)
+        if record is not None:
+            video = undo(video, record)
+        if num_frames is not None:
+            if not 1 <= num_frames <= video.shape[1]:
+                raise VideoLayoutError(f"num_frames={num_frames}, but these latents decode to {video.shape[1]} frames")
+            video = video[:, :num_frames]
+        return video.to(device=z.device, dtype=z.dtype)
+
+    def decode_frames(self, z: Tensor, *, blend: bool = True) -> Tensor:
+        """z: (B, T_lat, z, h, w) in the model's dtype -> (B, T, C, H, W), chunk by chunk.
+
+        Each chunk is written into one preallocated output, so peak memory is the output plus one chunk.
+        """
+        step = self.latent_frames_per_chunk or z.shape[1]
+        out, position = None, 0
+        for chunk in z.split(step, dim=1):
+            frames = channels_to_time(self.model.decode_chunk(time_to_channels(chunk)))  # (B, t, C, H, W)
+            if out is None:
+                total = self.frame_layout.decoded_frames(z.shape[1])
+                out = frames.new_empty((frames.shape[0], total, *frames.shape[2:]))
+            out[:, position : position + frames.shape[1]] = frames
+            position += frames.shape[1]
+        if blend and self.frames_per_chunk:
+            blend_seams(out, self.frames_per_chunk)
+        return out
+
+    def reconstruct(
+        self,
+        video: Tensor,
+        policy: FramePolicy | str | None = None,
+        *,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Encode then decode video: (B, T, C, H, W) -> the same shape (after a `trim` policy, the trimmed one).
+
+        Decodes the posterior mean, or a sample from it with `sample=True`.
+        """
+        posterior = self.encode(video, policy)
+        z = posterior.sample(generator) if sample else posterior.mode()
+        return undo(self.decode(z), posterior.record)
+
+    def forward(self, video: Tensor, policy: FramePolicy | str | None = None) -> Tensor:
+        return self.reconstruct(video, policy)
+
+
+def load(
+    path: str | os.PathLike,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> VideoVAE:
+    """Load a video VAE checkpoint (safetensors) of any supported family, detected from its keys.
+
+    device: where the weights live (default CPU). dtype: the weights' and compute dtype (default: the
+    file's). Every width, channel and block count is read from tensor shapes; no config is needed.
+    """
+    from .checkpoints import load_model
+
+    model, header = load_model(path, device=device, dtype=_parse_dtype(dtype))
+    return VideoVAE(model, source=str(Path(header.path)))
+
+
+_DTYPE_NAMES = {
+    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+}
+
+
+def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        if dtype is not None and not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating dtype (fp32, bf16, fp16); got {dtype}")
+        return dtype
+    try:
+        return _DTYPE_NAMES[str(dtype).lower().removeprefix("torch.")]
+    except KeyError:
+        raise TypeError(f"unknown dtype {dtype!r}; use one of fp32, bf16, fp16") from None

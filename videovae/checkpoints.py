@@ -1,0 +1,220 @@
+"""Checkpoint files: safe reading, family detection from key names and shapes, strict loading.
+
+Only safetensors is read (never pickle). A model is built on the meta device from the config its
+shapes imply and the file's tensors are assigned into it (`assign=True`), so a 2 GB checkpoint
+needs 2 GB. Every parameter must come from the file: missing, unexpected and mis-shaped tensors are
+listed together in one error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from .errors import CheckpointError, CheckpointMismatchError, CheckpointNotFoundError
+from .families import stepvideo
+
+_PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+
+
+@dataclass(frozen=True)
+class Family:
+    """How to recognise, configure and build one model family from a state dict's keys and shapes."""
+
+    name: str
+    looks_like: Callable[[set[str]], bool]          # checkpoint keys -> is it this family?
+    to_module_key: Callable[[str], str]             # checkpoint key -> module key
+    config_from_shapes: Callable[[dict], object]    # module key -> shape  ->  config
+    build: Callable[[object], nn.Module]            # config -> model
+    describe: Callable[[object], str]               # config -> one-line description
+
+
+STEPVIDEO = Family(
+    name=stepvideo.FAMILY,
+    looks_like=stepvideo.looks_like,
+    to_module_key=stepvideo.checkpoint_to_module_key,
+    config_from_shapes=stepvideo.config_from_shapes,
+    build=stepvideo.StepVideoVAE,
+    describe=stepvideo.describe,
+)
+
+FAMILIES: tuple[Family, ...] = (STEPVIDEO,)
+
+
+@dataclass(frozen=True)
+class CheckpointHeader:
+    """What a safetensors header says, without reading any tensor data."""
+
+    path: Path
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, torch.dtype]
+    metadata: dict[str, str]
+
+
+def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 24) -> str:
+    """Hex sha256 of a file, read in 16 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while piece := f.read(chunk_bytes):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def read_header(path: str | os.PathLike) -> CheckpointHeader:
+    """Keys, shapes and dtypes of a safetensors file; CheckpointError for anything else."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointNotFoundError(f"checkpoint not found: {path}; check the path (no file or folder there)")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; pass the .safetensors file inside it")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(_PICKLE_MAGIC):
+        raise CheckpointError(
+            f"{path} is a PyTorch pickle checkpoint; videovae reads only safetensors and never unpickles. "
+            "Convert it where you trust the file: safetensors.torch.save_file(torch.load(f), 'model.safetensors')"
+        )
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            keys = list(f.keys())
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in keys}
+            dtypes = {k: _torch_dtype(f.get_slice(k).get_dtype()) for k in keys}
+            metadata = f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types, unrelated to OSError
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        size = path.stat().st_size
+        raise CheckpointError(
+            f"{path} ({size} bytes) is not a readable safetensors file ({reason}); "
+            "it may be truncated (re-download it) or another format"
+        ) from None
+    return CheckpointHeader(path, shapes, dtypes, metadata)
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    return _SAFETENSORS_DTYPES.get(name.upper(), torch.float32)
+
+
+def detect_family(shapes: dict[str, tuple[int, ...]], *, path: Path | None = None) -> Family:
+    """The family whose sentinel keys (as stored in files) are all present; else CheckpointMismatchError
+    naming what the keys look like instead."""
+    keys = set(shapes)
+    for family in FAMILIES:
+        if family.looks_like(keys):
+            return family
+    raise CheckpointMismatchError(
+        f"{path or 'state dict'} is not a video VAE videovae knows: {_what_it_looks_like(keys, shapes)}"
+    )
+
+
+def _what_it_looks_like(keys: set[str], shapes: dict[str, tuple[int, ...]] | None = None) -> str:
+    """A guess at what a foreign state dict is, to put in the error message."""
+    prefixes = Counter(k.split(".", 1)[0] for k in keys)
+    top = ", ".join(f"{p} ({n})" for p, n in prefixes.most_common(4))
+    if any(k.startswith(("down_blocks.", "up_blocks.")) for k in keys) and any(
+        "attentions" in k or "transformer_blocks" in k for k in keys
+    ):
+        in_ch = shapes.get("conv_in.weight", (None, None))[1] if shapes else None
+        takes = f"; its conv_in takes {in_ch} input channels" if in_ch else ""
+        svd = " (8 = 4 noisy + 4 image latent channels: an SVD UNet)" if in_ch == 8 else ""
+        return f"it looks like a diffusion UNet{takes}{svd}, not a VAE; load the VAE's own file"
+    if any(k.startswith("model.diffusion_model.") for k in keys):
+        return "it looks like a full diffusion checkpoint (model.diffusion_model.*); pass the VAE file instead"
+    if any(k.startswith(("transformer_blocks.", "blocks.")) for k in keys):
+        return f"it looks like a transformer (keys {top}), not a VAE"
+    if not keys:
+        return "it holds no tensors"
+    return (
+        f"{len(keys)} tensors under {top}; expected Step-Video VAE keys "
+        f"({', '.join(stepvideo.SENTINEL_KEYS)})"
+    )
+
+
+def _mismatch_report(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], limit: int = 20) -> str:
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    misshaped = sorted(k for k in set(expected) & set(found) if tuple(expected[k]) != tuple(found[k]))
+    parts = []
+
+    def listing(title: str, names: list[str], fmt: Callable[[str], str]) -> None:
+        if names:
+            shown = "; ".join(fmt(n) for n in names[:limit])
+            more = f"; ... and {len(names) - limit} more" if len(names) > limit else ""
+            parts.append(f"{len(names)} {title}: {shown}{more}")
+
+    listing("missing", missing, lambda k: f"{k} {list(expected[k])}")
+    listing("unexpected", unexpected, lambda k: f"{k} {list(found[k])}")
+    listing("mis-shaped", misshaped, lambda k: f"{k} file {list(found[k])} vs model {list(expected[k])}")
+    return "\n  ".join(parts)
+
+
+def build_model(
+    shapes: dict[str, tuple[int, ...]], *, family: Family, source: str
+) -> tuple[nn.Module, object]:
+    """A meta-device model for module-key shapes, after checking that the shapes fit it exactly."""
+    try:
+        config = family.config_from_shapes(shapes)
+    except (KeyError, ValueError, IndexError, ZeroDivisionError) as exc:
+        raise CheckpointMismatchError(
+            f"{source} looks like a {family.name} checkpoint but its tensors do not describe a complete model "
+            f"({type(exc).__name__}: {exc}); the file may be partial"
+        ) from None
+    with torch.device("meta"):
+        model = family.build(config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    report = _mismatch_report(expected, shapes)
+    if report:
+        raise CheckpointMismatchError(
+            f"{source} was detected as {family.describe(config)}, but its tensors do not match that model:\n  {report}"
+        )
+    return model, config
+
+
+def load_model(
+    path: str | os.PathLike, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> tuple[nn.Module, CheckpointHeader]:
+    """Read, detect, build on meta and assign the weights of a checkpoint file.
+
+    dtype: the weights' (and so the compute) dtype; None keeps the file's floating dtype.
+    """
+    header = read_header(path)
+    family = detect_family(header.shapes, path=header.path)
+    to_module = {k: family.to_module_key(k) for k in header.shapes}
+    module_shapes = {to_module[k]: s for k, s in header.shapes.items()}
+    model, _ = build_model(module_shapes, family=family, source=str(header.path))
+
+    dtype = dtype or _dominant_float_dtype(header.dtypes)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    state = {}
+    with safe_open(str(header.path), framework="pt", device="cpu") as f:
+        for key in header.shapes:
+            tensor = f.get_tensor(key)
+            state[to_module[key]] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
+    model.load_state_dict(state, strict=True, assign=True)
+    _check_nothing_on_meta(model, header.path)
+    return model.eval().requires_grad_(False), header
+
+
+def _dominant_float_dtype(dtypes: dict[str, torch.dtype]) -> torch.dtype:
+    floats = Counter(d for d in dtypes.values() if d.is_floating_point)
+    return floats.most_common(1)[0][0] if floats else torch.float32
+
+
+def _check_nothing_on_meta(model: nn.Module, source: Path) -> None:
+    left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left:
+        raise CheckpointMismatchError(f"{source}: {len(left)} tensors were not loaded from the file: {', '.join(left[:10])}")

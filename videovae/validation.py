@@ -1,0 +1,70 @@
+"""Checks at the public boundary: videos are (B, T, C, H, W) floats in [-1, 1], latents
+(B, T_lat, z, h, w). Each failure raises a videovae error that names the problem and the fix."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .errors import LatentMismatchError, NonFiniteInputError, VideoDTypeError, VideoLayoutError
+
+
+def _check_tensor(x: object, what: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise VideoDTypeError(f"{what} must be a torch.Tensor; got {type(x).__name__}")
+    if x.is_complex() or not (x.is_floating_point()):
+        hint = " (for uint8 frames use x.float() / 127.5 - 1)" if x.dtype == torch.uint8 else ""
+        raise VideoDTypeError(f"{what} must be a real floating-point tensor; got {x.dtype}{hint}")
+    return x
+
+
+def _check_finite(x: Tensor, what: str) -> None:
+    if not bool(torch.isfinite(x).all()):
+        nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+        raise NonFiniteInputError(
+            f"{what} holds {nan} NaN and {inf} Inf values; clean it first (e.g. torch.nan_to_num(x).clamp(-1, 1))"
+        )
+
+
+def check_video(video: object, channels: int) -> Tensor:
+    """Validate video: (B, T, C, H, W) with C == channels; return it unchanged."""
+    x = _check_tensor(video, "video")
+    shape = tuple(x.shape)
+    if x.ndim != 5:
+        hint = " (one clip? add the batch dim: x.unsqueeze(0))" if x.ndim == 4 and x.shape[1] == channels else ""
+        raise VideoLayoutError(f"video must be 5D (B, T, C, H, W); got {x.ndim}D {shape}{hint}")
+    if x.shape[2] != channels:
+        if x.shape[1] == channels:
+            raise VideoLayoutError(
+                f"got {shape}: this looks like (B, C, T, H, W); videovae takes (B, T, C, H, W). "
+                "Use x.permute(0, 2, 1, 3, 4) (einops: 'b c t h w -> b t c h w')"
+            )
+        raise VideoLayoutError(f"video must have {channels} channels at dim 2 of (B, T, C, H, W); got {shape}")
+    empty = [name for name, n in zip("BTCHW", shape) if n == 0]
+    if empty:
+        raise VideoLayoutError(f"video {shape} is empty along {', '.join(empty)}; every dim of (B, T, C, H, W) must be >= 1")
+    _check_finite(x, "video")
+    return x
+
+
+def check_latents(latents: object, channels: int) -> Tensor:
+    """Validate latents: (B, T_lat, z, h, w) with z == channels; return them unchanged."""
+    z = _check_tensor(latents, "latents")
+    shape = tuple(z.shape)
+    if z.ndim != 5:
+        raise VideoLayoutError(f"latents must be 5D (B, T_lat, z, h, w); got {z.ndim}D {shape}")
+    if z.shape[2] != channels:
+        if z.shape[1] == channels:
+            raise VideoLayoutError(
+                f"latents {shape} look like (B, z, T_lat, h, w); videovae takes (B, T_lat, z, h, w). "
+                "Use z.permute(0, 2, 1, 3, 4)"
+            )
+        raise LatentMismatchError(
+            f"latents {shape} have {z.shape[2]} channels at dim 2; this model's latents have {channels}. "
+            "Were they encoded by another model?"
+        )
+    empty = [name for name, n in zip(("B", "T_lat", "z", "h", "w"), shape) if n == 0]
+    if empty:
+        raise VideoLayoutError(f"latents {shape} are empty along {', '.join(empty)}")
+    _check_finite(z, "latents")
+    return z
