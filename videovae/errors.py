@@ -51,5 +51,5 @@ class VideoFileNotFoundError(VideoFileError, FileNotFoundError):
 
 
 class OutputPathError(VideoVAEError, OSError):
-    """An output cannot be written where asked: the folder is missing or not writable, or the target
-    is a folder."""
+    """An output cannot be written where asked: the folder is missing or not writable, the target is
+    a folder, or writing failed part way (disk full)."""
