@@ -9,13 +9,14 @@ chunk loop and the seam blend. A family model only sees one chunk, channels-firs
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from .chunking import FrameLayout, FramePolicy, PadRecord, apply_policy, blend_seams, undo
+from .chunking import FrameLayout, FramePolicy, apply_policy, blend_seam, blend_seams, rechunk, undo
 from .distribution import LatentDistribution
 from .errors import VideoLayoutError
 from .validation import check_latents, check_video
@@ -198,6 +199,88 @@ class VideoVAE(nn.Module):
         posterior = self.encode(video, policy)
         z = posterior.sample(generator) if sample else posterior.mode()
         return undo(self.decode(z), posterior.record)
+
+    # -- streaming: one chunk in memory at a time ---------------------------------------------------
+
+    def encode_stream(
+        self, frames: Iterable[Tensor], policy: FramePolicy | str | None = None
+    ) -> Iterator[LatentDistribution]:
+        """Encode a video given as pieces (B, t, C, H, W) (any t >= 1), one chunk at a time.
+
+        Yields one LatentDistribution per encoded chunk (`frames_per_chunk` frames; the whole clip for
+        families without chunking), each with a record of the frames and size it encodes. The
+        concatenated latents equal `encode` of the whole video; the policy applies to the whole length.
+        """
+        policy = FramePolicy.coerce(policy)
+        pieces = (check_video(piece, self.in_channels) for piece in frames)
+        encoded, template = 0, None
+        for chunk in rechunk(pieces, self.frames_per_chunk):
+            template = chunk
+            x, record = apply_policy(self._to_model(chunk), self.frame_layout, policy, frames_before=encoded)
+            encoded += chunk.shape[1]
+            moments = self.encode_moments(x)
+            yield LatentDistribution.from_moments(moments.to(device=chunk.device, dtype=chunk.dtype), record)
+        if template is None:
+            raise VideoLayoutError("encode_stream got no frames; the video is empty")
+
+    def decode_stream(
+        self, latents: Iterable[Tensor], num_frames: int | None = None, *, blend: bool = True
+    ) -> Iterator[Tensor]:
+        """Decode latents given as pieces (B, t_lat, z, h, w), one decoder chunk at a time.
+
+        Yields frame pieces (B, t, C, H, W) whose concatenation equals `decode` of all the latents
+        (including the seam blend, for which the last frame of each chunk is held back until the
+        next chunk is decoded), cut at `num_frames` when given.
+        """
+        pieces = (check_latents(piece, self.latent_channels) for piece in latents)
+        held = None  # (B, 1, C, H, W): the last decoded frame, waiting for the next chunk's first
+        emitted = 0
+        blend = blend and self.frames_per_chunk is not None
+
+        def emit(piece: Tensor, like: Tensor) -> Tensor:
+            nonlocal emitted
+            if num_frames is not None:
+                piece = piece[:, : max(num_frames - emitted, 0)]
+            emitted += piece.shape[1]
+            return piece.to(device=like.device, dtype=like.dtype)
+
+        for z in rechunk(pieces, self.latent_frames_per_chunk):
+            frames = channels_to_time(self.model.decode_chunk(time_to_channels(self._to_model(z))))
+            if not blend:
+                yield emit(frames, z)
+                continue
+            if held is not None:
+                blend_seam(held[:, 0], frames[:, 0])
+                frames = torch.cat([held, frames], dim=1)
+            held = frames[:, -1:]
+            yield emit(frames[:, :-1], z)
+        if held is not None:
+            yield emit(held, z)
+
+    def reconstruct_stream(
+        self, frames: Iterable[Tensor], policy: FramePolicy | str | None = None, *, blend: bool = True
+    ) -> Iterator[Tensor]:
+        """Reconstruct a video given as pieces (B, t, C, H, W); yields reconstructed pieces.
+
+        Equals `reconstruct` of the whole video, holding one chunk (plus one frame) in memory, so a
+        long video needs the memory of a short one.
+        """
+        seen = {"frames": 0, "size": None}
+
+        def means() -> Iterator[Tensor]:
+            for posterior in self.encode_stream(frames, policy):
+                seen["frames"] += posterior.record.frames
+                seen["size"] = posterior.record.frame_size
+                yield posterior.mode()
+
+        emitted = 0
+        for piece in self.decode_stream(means(), blend=blend):
+            # Padding only ever extends the last chunk, so every frame up to `seen` is a real one.
+            H, W = seen["size"]
+            piece = piece[:, : seen["frames"] - emitted, :, :H, :W]
+            emitted += piece.shape[1]
+            if piece.shape[1]:
+                yield piece
 
     def forward(self, video: Tensor, policy: FramePolicy | str | None = None) -> Tensor:
         return self.reconstruct(video, policy)

@@ -8,6 +8,7 @@ it, so no frame count or crop length is written anywhere else.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -195,10 +196,17 @@ def _space_target(size: int, factor: int, axis: str, policy: PolicyName) -> int:
     )
 
 
-def apply_policy(video: Tensor, layout: FrameLayout, policy: FramePolicy) -> tuple[Tensor, PadRecord]:
-    """Bring video: (B, T, C, H, W) to a length and size that round-trip; return it and the record."""
+def apply_policy(
+    video: Tensor, layout: FrameLayout, policy: FramePolicy, *, frames_before: int = 0
+) -> tuple[Tensor, PadRecord]:
+    """Bring video: (B, T, C, H, W) to a length and size that round-trip; return it and the record.
+
+    frames_before: frames of the same video already encoded before this piece (streaming); the
+    policy then applies to the whole length frames_before + T. It must be a multiple of the
+    family's chunk length, so only this last piece is padded or trimmed.
+    """
     _, T, _, H, W = video.shape
-    T1 = _time_target(T, layout, policy.time)
+    T1 = _time_target(frames_before + T, layout, policy.time) - frames_before
     H1 = _space_target(H, layout.spatial_factor, "H", policy.space)
     W1 = _space_target(W, layout.spatial_factor, "W", policy.space)
 
@@ -242,3 +250,23 @@ def blend_seams(video: Tensor, chunk_frames: int) -> Tensor:
     if first.shape[1]:
         blend_seam(last, first)
     return video
+
+
+def rechunk(pieces: Iterable[Tensor], size: int | None, dim: int = 1) -> Iterator[Tensor]:
+    """Regroup a stream of tensors along `dim` into pieces of exactly `size` (the last may be shorter).
+
+    size None gathers the whole stream into one piece. Holds at most one output piece at a time.
+    """
+    held: list[Tensor] = []
+    count = 0
+    for piece in pieces:
+        while piece.shape[dim]:
+            take = piece.shape[dim] if size is None else min(size - count, piece.shape[dim])
+            held.append(piece.narrow(dim, 0, take))
+            count += take
+            piece = piece.narrow(dim, take, piece.shape[dim] - take)
+            if size is not None and count == size:
+                yield torch.cat(held, dim=dim) if len(held) > 1 else held[0]
+                held, count = [], 0
+    if held:
+        yield torch.cat(held, dim=dim) if len(held) > 1 else held[0]
