@@ -8,7 +8,8 @@ Semantics (shared with `group_norm_triton.py`, dispatched by `group_norm.py`):
     out[:, :, front_pad:] = y;  out[:, :, :front_pad] = 0
 
 Statistics are taken per (batch, group), over (C/G, T, H, W) ("per clip") or, with `per_frame`,
-per (batch, group, frame) over (C/G, H, W). They accumulate in float32 whatever the input dtype;
+per (batch, group, frame) over (C/G, H, W). They accumulate in float32 whatever the input dtype,
+and so does the rest of the arithmetic (affine and SiLU included), rounded once to the output dtype;
 the output has the input's dtype and memory format (contiguous or channels-last-3d).
 """
 
@@ -17,6 +18,34 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torch.nn import functional as F
+
+
+def output_memory_format(x5: Tensor) -> torch.memory_format:
+    """The output's memory format for a 5D input: channels-last-3d when x5 is (and is not also plain
+    contiguous, as size-1 dims can make it), else contiguous. Shared with the Triton path."""
+    if x5.is_contiguous(memory_format=torch.channels_last_3d) and not x5.is_contiguous():
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def _group_stat(t: Tensor, G: int, per_frame: bool, reduce) -> Tensor:
+    """sum over each group's channels of `reduce(t, dims)` over positions, for t: (B, C, T, H, W).
+
+    `reduce` must be additive over positions (a sum, a squared norm). Per channel it reduces a view
+    whose reduced dims are innermost (contiguous layout) or outer with the channels innermost
+    (channels-last-3d), the reductions PyTorch vectorises. Returns
+    (B, G, 1, F, 1, 1) float32, F = T per frame, 1 per clip.
+    """
+    B, C, T = t.shape[:3]
+    if t.stride(1) == 1 and C > 1:  # channels innermost: channels-last-3d, also behind a front pad
+        p = t.permute(0, 2, 3, 4, 1)                        # (B, T, H, W, C) view
+        per_c = reduce(p, (2, 3) if per_frame else (1, 2, 3))  # (B, T, C) or (B, C)
+        per_c = per_c.transpose(1, 2) if per_frame else per_c.unsqueeze(-1)
+    else:
+        per_c = reduce(t, (3, 4) if per_frame else (2, 3, 4))  # (B, C, T) or (B, C)
+        per_c = per_c if per_frame else per_c.unsqueeze(-1)
+    # per_c: (B, C, F) -> (B, G, 1, F, 1, 1)
+    return per_c.unflatten(1, (G, C // G)).sum(2, keepdim=True)[..., None, None]
 
 
 def group_norm_torch(
@@ -42,37 +71,39 @@ def group_norm_torch(
     B, C, T, H, W = x5.shape
     G = num_groups
 
-    # Statistics in float32; a float32 input is read in place, a 16-bit one is upcast once.
-    xf = x5 if x5.dtype == torch.float32 else x5.float()
-    # grouped: (B, G, C/G, T, H*W); a view for contiguous and channels-last-3d strides alike.
-    grouped = xf.unflatten(1, (G, C // G)).flatten(4)
-    reduce_dims = (2, 4) if per_frame else (2, 3, 4)
-    var, mean = torch.var_mean(grouped, dim=reduce_dims, correction=0, keepdim=True)
-    rstd = torch.rsqrt(var + eps)  # (B, G, 1, T or 1, 1)
-
-    # Fold the affine into one scale and shift per (b, c[, t]): y = x * scale + shift.
-    w = weight.float().view(1, G, C // G, 1, 1) if weight is not None else 1.0
-    b = bias.float().view(1, G, C // G, 1, 1) if bias is not None else 0.0
-    scale = rstd * w  # (B, G, C/G, T or 1, 1)
-    shift = b - mean * scale
-    # back to (B, C, T or 1, 1, 1) to broadcast over x5
-    scale = scale.flatten(1, 2).unsqueeze(-1)
-    shift = shift.flatten(1, 2).unsqueeze(-1)
-
-    memory_format = (
-        torch.channels_last_3d
-        if x5.dim() == 5 and x5.is_contiguous(memory_format=torch.channels_last_3d) and not x5.is_contiguous()
-        else torch.contiguous_format
-    )
-    out = torch.empty((B, C, T + front_pad, H, W), dtype=x.dtype, device=x.device, memory_format=memory_format)
+    Cg = C // G
+    out = torch.empty((B, C, T + front_pad, H, W), dtype=x.dtype, device=x.device, memory_format=output_memory_format(x5))
     if front_pad:
         out[:, :, :front_pad].zero_()
     body = out[:, :, front_pad:]
-    torch.addcmul(shift, x5, scale, out=body) if body.dtype == torch.float32 else body.copy_(
-        torch.addcmul(shift, xf, scale)
-    )
+    # d: the float32 work buffer, which ends up holding y. For a float32 input it is the output
+    # itself; a 16-bit input is upcast once into it (and y is rounded once into the output at the end).
+    d = body if x5.dtype == torch.float32 else x5.float()
+    src = x5 if d is body else d
+    # (B, G, C/G, T, H, W) view of d: unflatten is a view for every stride pattern.
+    d6 = d.unflatten(1, (G, Cg))
+    n = Cg * H * W * (1 if per_frame else T)
+
+    # Two-pass statistics in float32 (stable at any mean/std; torch.var_mean is ~20x slower on CPU):
+    # mean0, then d = x - mean0, then the sum of d^2 and the small rounding residue mean(d). Each
+    # reduction runs per channel first (fast for both layouts), then over the group's channels.
+    mean0 = _group_stat(src, G, per_frame, lambda t, dims: t.sum(dim=dims)) / n        # (B, G, 1, F, 1, 1)
+    torch.sub(src.unflatten(1, (G, Cg)), mean0, out=d6)
+    mean_d = _group_stat(d, G, per_frame, lambda t, dims: t.sum(dim=dims)) / n         # ~1e-7 * |mean0|
+    m2 = _group_stat(d, G, per_frame, lambda t, dims: torch.linalg.vector_norm(t, dim=dims).square_())
+    var = m2 / n - mean_d.square()
+    rstd = torch.rsqrt(var + eps)  # (B, G, 1, T or 1, 1, 1)
+
+    # Fold the affine into one scale and shift per (b, c[, t]): y = d * scale + shift.
+    w = weight.float().view(1, G, Cg, 1, 1, 1) if weight is not None else 1.0
+    b = bias.float().view(1, G, Cg, 1, 1, 1) if bias is not None else 0.0
+    scale = rstd * w   # (B, G, C/G or 1, T or 1, 1, 1)
+    shift = b - mean_d * scale
+    torch.addcmul(shift, d6, scale, out=d6)  # in place
     if silu:
-        F.silu(body, inplace=True)
+        F.silu(d, inplace=True)
+    if d is not body:
+        body.copy_(d)
 
     if x.ndim == 4:
         out = out.squeeze(2)
