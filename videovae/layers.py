@@ -126,3 +126,70 @@ class CausalAttention(nn.Module):
         out = self._linear(attended, self.proj_out)
         out = rearrange(out, "b (t h w) c -> b c t h w", t=T, h=H, w=W)
         return out.add_(x)
+
+
+# ------------------------------------------------------------------------------------------------
+# Nearest x2 upsampling followed by a 3-tap convolution, computed on the low-resolution input.
+#
+# Upsampling by 2 (nearest) and then convolving with a 3-tap kernel gives, on each output phase
+# (even or odd index), a 2-tap convolution of the low-resolution input whose taps are sums of the
+# original ones. Per axis, phase p uses the low-res window starting at `_WINDOW_START[mode][p]`
+# (relative to the output's low-res index) with taps `_PHASE_TAPS[mode][p] @ (w0, w1, w2)`:
+#   "same"   (zero pad 1 both sides):  even: w0 x[i-1] + (w1+w2) x[i];   odd: (w0+w1) x[i] + w2 x[i+1]
+#   "causal" (zero pad 2 in front):    even: (w0+w1) x[t-1] + w2 x[t];   odd: w0 x[t-1] + (w1+w2) x[t]
+# In 3D that is 8 convolutions with 2x2x2 kernels instead of one 3x3x3 on 8x the voxels: 27/8 = 3.4x
+# fewer multiply-adds, and the upsampled tensor is never materialised. Exact up to float rounding.
+
+_PHASE_TAPS = {
+    "same": (((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0))),
+    "causal": (((1.0, 1.0, 0.0), (0.0, 0.0, 1.0)), ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0))),
+}
+
+
+def _phase_kernels(weight: Tensor, time_upsampled: bool) -> list[tuple[tuple[int, int, int], Tensor]]:
+    """weight: (C_out, C_in, kt, 3, 3) -> [((pt, ph, pw), kernel (C_out, C_in, kt', 2, 2))] per phase."""
+    taps = {mode: weight.new_tensor(_PHASE_TAPS[mode]) for mode in _PHASE_TAPS}  # (phase, 2, 3)
+    phases_t = (0, 1) if time_upsampled else (0,)
+    kernels = []
+    for pt in phases_t:
+        for ph in (0, 1):
+            for pw in (0, 1):
+                mh, mw = taps["same"][ph], taps["same"][pw]
+                if time_upsampled:
+                    k = torch.einsum("ai,bj,dk,ocijk->ocabd", taps["causal"][pt], mh, mw, weight)
+                else:
+                    k = torch.einsum("bj,dk,ocijk->ocibd", mh, mw, weight)
+                kernels.append(((pt, ph, pw), k))
+    return kernels
+
+
+def upsample2x_conv(x: Tensor, weight: Tensor, bias: Tensor | None, *, time: bool) -> Tensor:
+    """Nearest x2 upsampling then a zero-padded conv, computed phase by phase on the low-res input.
+
+    x: (B, C_in, T, H, W).
+    time=True:  x2 in (t, h, w), then a causal 3x3x3 conv (2 zero frames in front, H/W padded by 1);
+                weight (C_out, C_in, 3, 3, 3) -> (B, C_out, 2T, 2H, 2W).
+    time=False: x2 in (h, w), then a per-frame 3x3 conv (H/W padded by 1);
+                weight (C_out, C_in, 1, 3, 3) -> (B, C_out, T, 2H, 2W).
+    """
+    B, _, T, H, W = x.shape
+    C_out = weight.shape[0]
+    # Low-res zero padding: one frame in front (causal) and one row/column on each side.
+    xp = F.pad(x, (1, 1, 1, 1, 1 if time else 0, 0))
+    pt_count = 2 if time else 1
+    out = x.new_empty((B, C_out, T, pt_count, H, 2, W, 2))  # phases interleave on the view below
+    for (pt, ph, pw), kernel in _phase_kernels(weight, time):
+        window = xp[:, :, :, ph : ph + H + 1, pw : pw + W + 1]  # phase ph starts at low-res row i-1+ph
+        out[:, :, :, pt, :, ph, :, pw] = F.conv3d(window, kernel, bias)
+    return out.view(B, C_out, T * pt_count, 2 * H, 2 * W)
+
+
+def add_upsampled_(h: Tensor, x: Tensor, *, time: bool) -> Tensor:
+    """h += nearest_x2(x) in place, without materialising the upsampled x.
+
+    h: (B, C, 2T or T, 2H, 2W) contiguous; x: (B, C, T, H, W).
+    """
+    B, C, T, H, W = x.shape
+    pt = 2 if time else 1
+    h.view(B, C, T, pt, H, 2, W, 2).add_(x.view(B, C, T, 1, H, 1, W, 1))
+    return h
