@@ -14,7 +14,7 @@ import os
 
 from torch import Tensor
 
-from .group_norm_torch import group_norm_torch
+from .group_norm_torch import group_norm_cpu
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -92,4 +92,4 @@ def group_norm(
         from .group_norm_triton import group_norm_triton
 
         return group_norm_triton(x, num_groups, weight, bias, eps, **kwargs)
-    return group_norm_torch(x, num_groups, weight, bias, eps, **kwargs)
+    return group_norm_cpu(x, num_groups, weight, bias, eps, **kwargs)

@@ -60,7 +60,15 @@ def group_norm_torch(
     residual: Tensor | None = None,
     front_pad: int = 0,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Fused group norm on x: (B, C, T, H, W) or (N, C, H, W). Returns y, or (y, x + residual)."""
+    """Fused group norm on x: (B, C, T, H, W) or (N, C, H, W). Returns y, or (y, x + residual).
+
+    Under torch.compile this runs `group_norm_functional` instead (Dynamo refuses the in-place
+    writes into views below; Inductor fuses the functional form itself).
+    """
+    if torch.compiler.is_compiling():
+        return group_norm_functional(
+            x, num_groups, weight, bias, eps, per_frame=per_frame, silu=silu, residual=residual, front_pad=front_pad
+        )
     summed = None
     if residual is not None:
         summed = x + residual
@@ -108,3 +116,95 @@ def group_norm_torch(
     if x.ndim == 4:
         out = out.squeeze(2)
     return out if summed is None else (out, summed)
+
+
+def group_norm_functional(
+    x: Tensor,
+    num_groups: int,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float = 1e-5,
+    *,
+    per_frame: bool = False,
+    silu: bool = False,
+    residual: Tensor | None = None,
+    front_pad: int = 0,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """The same op without in-place writes into views, for torch.compile (float32 statistics)."""
+    summed = x + residual if residual is not None else None
+    x = summed if summed is not None else x
+    x5 = x if x.ndim == 5 else x.unsqueeze(2)
+    B, C, T, H, W = x5.shape
+    G = num_groups
+    grouped = x5.float().unflatten(1, (G, C // G))  # (B, G, C/G, T, H, W)
+    dims = (2, 4, 5) if per_frame else (2, 3, 4, 5)
+    var, mean = torch.var_mean(grouped, dim=dims, correction=0, keepdim=True)
+    y = (grouped - mean) * torch.rsqrt(var + eps)
+    if weight is not None:
+        y = y * weight.float().view(1, G, C // G, 1, 1, 1)
+    if bias is not None:
+        y = y + bias.float().view(1, G, C // G, 1, 1, 1)
+    y = y.flatten(1, 2)
+    if silu:
+        y = F.silu(y)
+    y = y.to(x.dtype)
+    if front_pad:
+        y = F.pad(y, (0, 0, 0, 0, front_pad, 0))
+    if output_memory_format(x5) == torch.channels_last_3d:
+        y = y.contiguous(memory_format=torch.channels_last_3d)
+    if x.ndim == 4:
+        y = y.squeeze(2)
+    return y if summed is None else (y, summed)
+
+
+def native_group_norm_view(x: Tensor, per_frame: bool) -> Tensor | None:
+    """A view of x on which PyTorch's native F.group_norm computes this op's statistics, or None.
+
+    x: (B, C, T, H, W). Per clip: x itself when contiguous. Per frame: (B*T, C, H, W), a view only
+    for channels-last-3d x (a channels-last 2D batch of frames). 4D input: x itself.
+    """
+    if x.ndim == 4 or (not per_frame and x.is_contiguous()):
+        return x
+    if per_frame and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return x.transpose(1, 2).flatten(0, 1)  # (B*T, C, H, W), channels-last strides
+    return None
+
+
+def group_norm_cpu(
+    x: Tensor,
+    num_groups: int,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float = 1e-5,
+    *,
+    per_frame: bool = False,
+    silu: bool = False,
+    residual: Tensor | None = None,
+    front_pad: int = 0,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """The lean CPU path the dispatcher runs: `group_norm_torch`, except for 16-bit inputs whose
+    layout PyTorch's native group norm can read in place. Native CPU group norm accumulates 16-bit
+    inputs in float32 (Welford moments) and rounds the affine result once; SiLU then runs in place
+    on the rounded values (the reference applies it before rounding: within 1 ulp of it). This
+    avoids the reference's full float32 copy of 16-bit activations (~4x faster here)."""
+    view = None
+    if x.dtype in (torch.bfloat16, torch.float16) and not torch.compiler.is_compiling():
+        summed = x + residual if residual is not None else None
+        source = summed if summed is not None else x
+        view = native_group_norm_view(source, per_frame)
+    if view is None:
+        return group_norm_torch(
+            x, num_groups, weight, bias, eps, per_frame=per_frame, silu=silu, residual=residual, front_pad=front_pad
+        )
+    y = F.group_norm(view, num_groups, weight, bias, eps)
+    if silu:
+        F.silu(y, inplace=True)
+    if source.ndim == 5 and per_frame:
+        y = y.unflatten(0, (source.shape[0], source.shape[2])).transpose(1, 2)  # back to (B, C, T, H, W)
+    if front_pad:
+        B, C, T, H, W = source.shape
+        out = torch.empty((B, C, front_pad + T, H, W), dtype=y.dtype, device=y.device, memory_format=output_memory_format(source))
+        out[:, :, :front_pad].zero_()
+        out[:, :, front_pad:].copy_(y)
+        y = out
+    return y if summed is None else (y, summed)

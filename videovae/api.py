@@ -8,6 +8,7 @@ chunk loop and the seam blend. A family model only sees one chunk, channels-firs
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -16,7 +17,9 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from .chunking import FrameLayout, FramePolicy, apply_policy, blend_seam, blend_seams, rechunk, undo
+from .chunking import (
+    FrameLayout, FramePolicy, OverlapBlender, apply_policy, blend_seam, blend_seams, overlapped_windows, rechunk, undo,
+)
 from .distribution import LatentDistribution
 from .errors import VideoLayoutError
 from .validation import check_latents, check_video
@@ -144,7 +147,13 @@ class VideoVAE(nn.Module):
         return LatentDistribution.from_moments(moments.to(device=video.device, dtype=video.dtype), record)
 
     def decode(
-        self, latents: Tensor | LatentDistribution, num_frames: int | None = None, *, blend: bool = True
+        self,
+        latents: Tensor | LatentDistribution,
+        num_frames: int | None = None,
+        *,
+        blend: bool = True,
+        chunk_frames: int | None = None,
+        overlap: int = 0,
     ) -> Tensor:
         """Decode latents: (B, T_lat, z, h, w) -> video (B, T, C, H, W), unclamped.
 
@@ -152,12 +161,19 @@ class VideoVAE(nn.Module):
             the video it was encoded from).
         num_frames: keep only the first `num_frames` decoded frames.
         blend: apply the seam blend between decoded chunks (the reference behaviour), default on.
+        chunk_frames, overlap: for families that decode the whole clip at once (SVD), decode windows
+            of `chunk_frames` latent frames overlapping by `overlap` and cross-fade them (bounded
+            memory; see chunking.overlap_windows). Families with chunks of their own refuse them.
         """
         record = None
         if isinstance(latents, LatentDistribution):
             record, latents = latents.record, latents.mode()
         z = check_latents(latents, self.latent_channels)
-        video = self.decode_frames(self._to_model(z), blend=blend)
+        if chunk_frames is None:
+            video = self.decode_frames(self._to_model(z), blend=blend)
+        else:
+            pieces = self._decode_overlapped([z], chunk_frames, overlap)
+            video = torch.cat(list(pieces), dim=1)
         if record is not None:
             video = undo(video, record)
         if num_frames is not None:
@@ -183,6 +199,22 @@ class VideoVAE(nn.Module):
         if blend and self.frames_per_chunk:
             blend_seams(out, self.frames_per_chunk)
         return out
+
+    def _decode_overlapped(self, latents: Iterable[Tensor], chunk_frames: int, overlap: int) -> Iterator[Tensor]:
+        """Pieces (B, t, C, H, W) of the cross-faded decode of latent pieces (B, t_lat, z, h, w)."""
+        layout = self.frame_layout
+        if layout.frames_per_chunk is not None or layout.time_factor != 1:
+            raise ValueError(
+                f"chunk_frames/overlap apply to families that decode the whole clip at once (svd); {self.family} "
+                f"decodes its own chunks of {layout.latents_per_chunk} latent frames: leave them unset"
+            )
+        blender = OverlapBlender()
+        for start, z in overlapped_windows(latents, chunk_frames, overlap):
+            frames = channels_to_time(self.model.decode_chunk(time_to_channels(self._to_model(z))))
+            done = blender.push(start, frames)
+            if done.shape[1]:
+                yield done
+        yield blender.finish()
 
     def reconstruct(
         self,
@@ -224,15 +256,32 @@ class VideoVAE(nn.Module):
             raise VideoLayoutError("encode_stream got no frames; the video is empty")
 
     def decode_stream(
-        self, latents: Iterable[Tensor], num_frames: int | None = None, *, blend: bool = True
+        self,
+        latents: Iterable[Tensor],
+        num_frames: int | None = None,
+        *,
+        blend: bool = True,
+        chunk_frames: int | None = None,
+        overlap: int = 0,
     ) -> Iterator[Tensor]:
         """Decode latents given as pieces (B, t_lat, z, h, w), one decoder chunk at a time.
 
         Yields frame pieces (B, t, C, H, W) whose concatenation equals `decode` of all the latents
         (including the seam blend, for which the last frame of each chunk is held back until the
-        next chunk is decoded), cut at `num_frames` when given.
+        next chunk is decoded), cut at `num_frames` when given. chunk_frames, overlap: as in `decode`
+        (a family that decodes whole clips otherwise gathers the whole stream into one clip).
         """
         pieces = (check_latents(piece, self.latent_channels) for piece in latents)
+        if chunk_frames is not None:
+            first = next(pieces, None)  # outputs take its dtype and device
+            if first is None:
+                return
+            emitted = 0
+            for frames in self._decode_overlapped(itertools.chain([first], pieces), chunk_frames, overlap):
+                frames = frames if num_frames is None else frames[:, : max(num_frames - emitted, 0)]
+                emitted += frames.shape[1]
+                yield frames.to(device=first.device, dtype=first.dtype)
+            return
         held = None  # (B, 1, C, H, W): the last decoded frame, waiting for the next chunk's first
         emitted = 0
         blend = blend and self.frames_per_chunk is not None
@@ -281,6 +330,24 @@ class VideoVAE(nn.Module):
             emitted += piece.shape[1]
             if piece.shape[1]:
                 yield piece
+
+    def to_channels_last(self, enabled: bool = True) -> "VideoVAE":
+        """Store the 3D conv weights channels-last-3d (or back to contiguous): activations then flow
+        channels-last through the convs and the fused norms, which is faster on some hardware."""
+        fmt = torch.channels_last_3d if enabled else torch.contiguous_format
+        with torch.no_grad():
+            for p in self.model.parameters():
+                if p.ndim == 5:
+                    p.data = p.data.contiguous(memory_format=fmt)
+        return self
+
+    def compile_chunks(self, **compile_kwargs) -> "VideoVAE":
+        """torch.compile the per-chunk encode and decode of this model only (fullgraph by default:
+        the chunk bodies have no graph breaks). The chunk loop, policies and validation stay eager."""
+        compile_kwargs.setdefault("fullgraph", True)
+        self.model.encode_chunk = torch.compile(self.model.encode_chunk, **compile_kwargs)
+        self.model.decode_chunk = torch.compile(self.model.decode_chunk, **compile_kwargs)
+        return self
 
     def forward(self, video: Tensor, policy: FramePolicy | str | None = None) -> Tensor:
         return self.reconstruct(video, policy)

@@ -1,0 +1,101 @@
+"""The faster execution paths are exact (up to float rounding) against the plain ones: upsampling
+convs by phase, channels-last-3d activations, the lean 16-bit CPU norm, and torch.compile."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import videovae
+from conftest import stepvideo_io, stepvideo_weights
+from videovae.layers import add_upsampled_, upsample2x_conv
+from videovae_kernels.group_norm_torch import group_norm_cpu, group_norm_functional, group_norm_torch
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 3, 5, 6), (2, 3, 1, 7, 4), (1, 8, 2, 1, 1)])
+def test_upsample_conv_by_phases_equals_upsample_then_conv(shape):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g)
+    C = shape[1]
+    w3, w2, b = torch.randn(5, C, 3, 3, 3, generator=g), torch.randn(5, C, 1, 3, 3, generator=g), torch.randn(5, generator=g)
+    # 3D: nearest x2 in (t, h, w), causal conv (2 zero frames in front), H/W zero-padded by 1
+    plain = F.conv3d(F.pad(F.interpolate(x, scale_factor=2, mode="nearest"), (1, 1, 1, 1, 2, 0)), w3, b)
+    assert torch.allclose(upsample2x_conv(x, w3, b, time=True), plain, atol=1e-5)
+    # 2D per frame: nearest x2 in (h, w), 3x3 conv padded by 1
+    plain2 = F.conv3d(F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest"), w2, b, padding=(0, 1, 1))
+    assert torch.allclose(upsample2x_conv(x, w2, b, time=False), plain2, atol=1e-5)
+    u = F.interpolate(x, scale_factor=2, mode="nearest")
+    h = torch.randn(u.shape, generator=g)
+    assert torch.equal(add_upsampled_(h.clone(), x, time=True), h + u)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_decoder_by_phases_equals_plain_decoder(version):
+    vae = videovae.load(stepvideo_weights(version), dtype=torch.float32)
+    z = stepvideo_io(version)["mean_17f"]
+    fast = vae.decode(z)
+    vae.model.upsample_by_phases(False)
+    plain = vae.decode(z)
+    assert (fast - plain).abs().max() < 1e-5
+    assert (plain - stepvideo_io(version)["dec_17f"]).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_channels_last_model_matches_the_fixtures(version):
+    vae = videovae.load(stepvideo_weights(version), dtype=torch.float32)
+    vae.to_channels_last()
+    io = stepvideo_io(version)
+    assert (vae.encode(io["x_17f"]).mean - io["mean_17f"]).abs().max() < 1e-4
+    assert (vae.decode(io["mean_17f"]) - io["dec_17f"]).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("per_frame, channels_last", [(False, False), (True, True), (True, False)])
+def test_lean_cpu_norm_is_within_a_few_ulp_of_the_reference(dtype, per_frame, channels_last):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(2, 64, 3, 9, 11, generator=g) * 3 + 1).to(dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last_3d)
+    w, b = torch.randn(64, generator=g).to(dtype), torch.randn(64, generator=g).to(dtype)
+    kwargs = dict(per_frame=per_frame, silu=True, front_pad=2)
+    ref, fast = group_norm_torch(x, 32, w, b, **kwargs), group_norm_cpu(x, 32, w, b, **kwargs)
+    assert fast.shape == ref.shape and fast.dtype == dtype
+    assert fast.is_contiguous(memory_format=torch.channels_last_3d) == ref.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.equal(fast[:, :, :2], torch.zeros_like(fast[:, :, :2]))
+    # SiLU after the single rounding: |error| <= 4 ulp of the value (SiLU's slope amplifies it at most ~4x)
+    ulp = torch.finfo(dtype).eps
+    err = (fast.float() - ref.float()).abs()
+    assert (err <= 4 * ulp * ref.float().abs() + 1e-6).all()
+
+
+def test_functional_norm_matches_the_reference():
+    g = torch.Generator().manual_seed(0)
+    x, r = torch.randn(1, 64, 4, 5, 6, generator=g), torch.randn(1, 64, 4, 5, 6, generator=g)
+    w, b = torch.randn(64, generator=g), torch.randn(64, generator=g)
+    for per_frame in (False, True):
+        kwargs = dict(per_frame=per_frame, silu=True, residual=r, front_pad=2)
+        (y1, s1), (y2, s2) = group_norm_torch(x, 32, w, b, **kwargs), group_norm_functional(x, 32, w, b, **kwargs)
+        assert torch.allclose(y1, y2, atol=1e-5) and torch.equal(s1, s2)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_compiled_chunks_have_no_graph_breaks_and_match_eager(version):
+    """fullgraph=True fails on any graph break in the chunk bodies. The aot_eager backend traces
+    the same graphs as Inductor without its minutes of C++ compilation; the Inductor run is the
+    slow test below."""
+    torch._dynamo.reset()
+    vae = videovae.load(stepvideo_weights(version), dtype=torch.float32)
+    io = stepvideo_io(version)
+    eager_mean, eager_frames = vae.encode(io["x_17f"]).mean, vae.decode(io["mean_17f"])
+    vae.compile_chunks(backend="aot_eager")
+    assert (vae.encode(io["x_17f"]).mean - eager_mean).abs().max() < 1e-5
+    assert (vae.decode(io["mean_17f"]) - eager_frames).abs().max() < 1e-5
+
+
+@pytest.mark.slow
+def test_inductor_compiled_decode_matches_eager():
+    torch._dynamo.reset()
+    vae = videovae.load(stepvideo_weights(2), dtype=torch.float32)
+    z = stepvideo_io(2)["mean_17f"]
+    eager = vae.decode(z)
+    vae.compile_chunks()
+    assert (vae.decode(z) - eager).abs().max() < 1e-4
