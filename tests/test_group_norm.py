@@ -335,7 +335,8 @@ def test_kernels_compile_for_sm80_with_int64_address_arithmetic(tmp_path):
 # --------------------------------------------------------------------------------------------
 @pytest.fixture
 def spies(monkeypatch):
-    """Counts calls reaching each backend (the dispatcher imports the Triton entry at call time)."""
+    """Counts calls reaching each backend: the CPU path (`group_norm_cpu`) or the Triton entry (which
+    the dispatcher imports at call time)."""
     calls = {"torch": 0, "triton": 0}
 
     def spy(name, fn):
@@ -344,7 +345,7 @@ def spies(monkeypatch):
             return fn(*a, **k)
         return wrapped
 
-    monkeypatch.setattr(gn_module, "group_norm_torch", spy("torch", group_norm_torch))
+    monkeypatch.setattr(gn_module, "group_norm_cpu", spy("torch", gn_module.group_norm_cpu))
     monkeypatch.setattr(gnt, "group_norm_triton", spy("triton", group_norm_triton))
     return calls
 
