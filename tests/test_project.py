@@ -35,9 +35,21 @@ def test_importing_has_no_side_effects():
 
 
 def test_main_job_runs(tmp_path):
+    """`python -m videovae demo` (smaller than its defaults): a sample video, its reconstruction, the
+    side-by-side comparison and the metrics, with shapes and PSNR/SSIM printed."""
+    import json
+
+    out_dir = tmp_path / "outputs"
     out = subprocess.run(
-        [sys.executable, "-m", "videovae", "demo", "--frames", "18", "--height", "16", "--width", "16"],
+        [sys.executable, "-m", "videovae", "demo", "--out-dir", str(out_dir), "--frames", "18", "--height", "32", "--width", "48"],
         capture_output=True, text=True, cwd=ROOT,
     )
     assert out.returncode == 0, out.stderr
-    assert "decoded     (1, 18, 3, 16, 16)" in out.stdout
+    assert sorted(p.name for p in out_dir.iterdir()) == ["compare.mp4", "metrics.json", "reconstruction.mp4", "sample.mp4"]
+    assert "sample         " in out.stdout and "(1, 18, 3, 32, 48) (B, T, C, H, W) @ 30 fps" in out.stdout
+    assert "latents        (1, 4, 2, 2, 3)  (B, T_lat, z, h, w)" in out.stdout
+    assert "reconstruction (1, 18, 3, 32, 48)  (B, T, C, H, W)" in out.stdout
+    report = json.loads((out_dir / "metrics.json").read_text())
+    assert report["output"]["frames"] == 18 and len(report["per_frame"]) == 18
+    assert f"PSNR           {report['metrics']['mean_psnr']:.2f} dB" in out.stdout
+    assert f"SSIM           {report['metrics']['mean_ssim']:.4f}" in out.stdout

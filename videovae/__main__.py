@@ -1,5 +1,8 @@
+"""`python -m videovae ...`: the same command line as the `videovae` script."""
+
 import sys
 
 from .cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

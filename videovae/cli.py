@@ -1,57 +1,239 @@
-"""The `videovae` command line: thin argument parsing over the library. Nothing runs at import."""
+"""The `videovae` command line: thin argument parsing over the library. Nothing runs at import.
+
+    videovae reconstruct in.mp4 -o out.mp4 [--compare cmp.mp4] [--metrics-json m.json]
+    videovae encode in.mp4 -o latents.safetensors
+    videovae decode latents.safetensors -o out.mp4
+    videovae inspect CKPT | videovae convert CKPT -o OUT --dtype bf16
+    videovae demo [--out-dir outputs]
+    videovae encode-dataset ...            (videovae.dataset)
+
+Every command checks its output folders before any work, writes outputs atomically, and on failure
+exits 1 with one line on stderr (the traceback with `--debug`); argparse errors exit 2.
+
+Video files stream through the model one chunk at a time; the streaming work lives in
+`videovae.files` (reconstruct_pairs, run_reconstruct, encode_file, decode_pieces), usable from Python.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
+
+from .files import (
+    ERROR_GAIN,
+    _dtype_name,
+    _policy_text,
+    decode_pieces,
+    encode_file,
+    run_reconstruct,
+    write_sample_video,
+)
 
 REPO_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 DEFAULT_CHECKPOINT = REPO_WEIGHTS / "stepvideo_v2_tiny.safetensors"
+DTYPES = ("fp32", "bf16", "fp16")
+POLICIES = ("pad", "trim", "strict")
 
 
-def _dtype_name(dtype) -> str:
-    return {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(str(dtype), str(dtype))
+# -- argument types (argparse turns their ValueErrors into exit-2 usage errors) ---------------------
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Reconstruct a synthetic video tensor and print shapes and timings."""
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"int >= {minimum}"
+    return parse
+
+
+def _quality(text: str) -> int:
+    value = _int_at_least(0)(text)
+    if value > 51:
+        raise argparse.ArgumentTypeError(f"CRF is 0 (best) .. 51 (worst), got {value}")
+    return value
+
+
+# -- small helpers ------------------------------------------------------------------------------
+
+
+def _one_line(text: str) -> str:
+    """A message of any shape as one line (multi-line errors list their items after '; ')."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return "; ".join(lines) if lines else ""
+
+
+def _fmt_db(value: float) -> str:
+    return "inf (identical)" if value == math.inf else f"{value:.2f} dB"
+
+
+def _check_device(device: str | None):
+    """torch.device for --device, refusing CUDA on a machine without it (before any work)."""
     import torch
 
-    import videovae
+    if device is None:
+        return None
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a device torch knows; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    return parsed
 
-    torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    vae = videovae.load(args.checkpoint, device=args.device, dtype=args.dtype)
-    load_s = time.perf_counter() - t0
-    T, H, W = args.frames, args.height, args.width
-    # A moving diagonal gradient in [-1, 1]: (1, T, 3, H, W).
-    t = torch.arange(T).view(T, 1, 1, 1)
-    y, x = torch.meshgrid(torch.linspace(0, 1, H), torch.linspace(0, 1, W), indexing="ij")
-    phase = torch.tensor([0.0, 2.1, 4.2]).view(1, 3, 1, 1)
-    video = torch.sin(6.28 * (x + y) + 0.3 * t + phase).unsqueeze(0)
+
+def _check_outputs(inputs: list[Path], outputs: list[Path | None]) -> None:
+    """Every output's folder exists and is writable, no output is an input, no two outputs collide."""
+    from .fileio import check_output_path
+
+    seen: dict[Path, Path] = {}
+    sources = {p.resolve() for p in inputs if p.exists()}
+    for path in outputs:
+        if path is None:
+            continue
+        check_output_path(path)
+        key = path.resolve()
+        if key in sources:
+            raise ValueError(f"refusing to write {str(path)!r}: it is the input file; choose another output name")
+        if key in seen:
+            raise ValueError(f"{str(path)!r} is given for two outputs; give each output its own name")
+        seen[key] = path
+
+
+def _load(args: argparse.Namespace):
+    """(vae, checkpoint sha256, seconds) for --checkpoint/--device/--dtype."""
+    from . import load
+    from .checkpoints import file_sha256
+
+    device = _check_device(args.device)
+    start = time.perf_counter()
+    vae = load(args.checkpoint, device=device, dtype=args.dtype)
+    seconds = time.perf_counter() - start
+    return vae, file_sha256(args.checkpoint), seconds
+
+
+def _print_reconstruct_report(report: dict) -> None:
+    out, timings, m = report["output"], report["timings"], report["metrics"]
+    fps = timings["frames_per_second"]
+    print(
+        f"reconstructed  {out['frames']} frames {out['width']}x{out['height']} @ {report['input']['fps_float']:.3g} fps"
+        f" -> {out['path']}  ({timings['reconstruct_seconds']:.1f}s, {fps or 0:.1f} frames/s;"
+        f" checkpoint loaded in {timings['load_seconds']:.2f}s)"
+    )
+    if out["compare"]:
+        print(f"compare        {out['compare']}  ({3 * out['width']}x{out['height']}: original | reconstruction | |error| x{ERROR_GAIN:g})")
+    psnr = math.inf if m["mean_psnr"] is None else m["mean_psnr"]
+    video_psnr = math.inf if m["video_psnr"] is None else m["video_psnr"]
+    print(f"PSNR           {_fmt_db(psnr)} (mean over frames; {_fmt_db(video_psnr)} from the whole video's MSE)")
+    ssim = "n/a (frames smaller than 11x11)" if m["mean_ssim"] is None else f"{m['mean_ssim']:.4f}"
+    print(f"SSIM           {ssim}")
+
+
+# -- command handlers ------------------------------------------------------------------------------
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    """videovae reconstruct IN -o OUT: stream a video through the model; print PSNR/SSIM."""
+    import torch
+
+    _check_outputs([args.input], [args.output, args.compare, args.metrics_json])
+    vae, sha, load_s = _load(args)
     with torch.inference_mode():
-        t0 = time.perf_counter()
-        posterior = vae.encode(video, policy=args.policy)
-        enc_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        out = vae.decode(posterior)
-        dec_s = time.perf_counter() - t0
-    mse = (out - video).pow(2).mean().item()
-    print(f"checkpoint  {args.checkpoint}  ({vae.family} v{vae.version}, {_dtype_name(vae.dtype)}, loaded in {load_s:.2f}s)")
-    print(f"video       {tuple(video.shape)}  (B, T, C, H, W)")
-    print(f"latents     {tuple(posterior.mean.shape)}  (B, T_lat, z, h, w)   encode {enc_s:.2f}s")
-    print(f"decoded     {tuple(out.shape)}   decode {dec_s:.2f}s")
-    print(f"mse         {mse:.4f}  (weights from {args.checkpoint.name}; untrained weights give a poor reconstruction)")
+        report = run_reconstruct(
+            vae, args.input, args.output, checkpoint=args.checkpoint, checkpoint_sha256=sha, load_seconds=load_s,
+            compare=args.compare, metrics_json=args.metrics_json, policy=args.policy,
+            start_frame=args.start_frame, max_frames=args.max_frames, quality=args.quality,
+            lossless=args.lossless, progress=not args.quiet,
+        )
+    _print_reconstruct_report(report)
+    if args.metrics_json is not None:
+        print(f"metrics        {args.metrics_json}")
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    """videovae encode IN -o LATENTS: streaming encode; save mean, logvar and metadata."""
+    import torch
+
+    from . import __version__
+    from .chunking import FramePolicy
+    from .latent_files import LatentFileMeta, options_json, save_latents
+    from .video import probe
+
+    _check_outputs([args.input], [args.output])
+    info = probe(args.input)
+    vae, sha, load_s = _load(args)
+    policy = FramePolicy.coerce(args.policy)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        mean, logvar, frames, (height, width) = encode_file(
+            vae, args.input, policy=policy, start_frame=args.start_frame, max_frames=args.max_frames,
+            progress=not args.quiet,
+        )
+    seconds = time.perf_counter() - start
+    meta = LatentFileMeta(
+        family=vae.family, version="" if vae.version is None else str(vae.version),
+        latent_channels=vae.latent_channels, spatial_compression=vae.spatial_compression,
+        temporal_compression=vae.temporal_compression, frames=frames, height=height, width=width,
+        fps=str(info.fps), policy=_policy_text(policy), checkpoint_sha256=sha, source=str(args.input),
+        videovae_version=__version__,
+        options=options_json(start_frame=args.start_frame, max_frames=args.max_frames, dtype=_dtype_name(vae.dtype)),
+    )
+    save_latents(args.output, mean, logvar, meta)
+    print(
+        f"encoded  {frames} frames {width}x{height} -> latents {tuple(mean.shape)} (T_lat, z, h, w) in "
+        f"{seconds:.1f}s (checkpoint loaded in {load_s:.2f}s) -> {args.output}"
+    )
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    """videovae decode LATENTS -o OUT: decode a latent file to a video at its stored fps."""
+    import torch
+
+    from .latent_files import load_latents, read_latent_meta
+    from .progress import Progress
+    from .video import VideoWriter
+
+    _check_outputs([args.latents], [args.output])
+    read_latent_meta(args.latents)  # the header alone first: a short message for a file that is not latents
+    mean, _, meta = load_latents(args.latents)
+    if not meta.fps:
+        raise ValueError(f"{args.latents} stores no frame rate; cannot write a video from it")
+    vae, sha, load_s = _load(args)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        pieces = decode_pieces(vae, mean, meta, checkpoint_sha256=sha)  # checks the fit before decoding
+        with (
+            VideoWriter(args.output, meta.fps, meta.width, meta.height, quality=args.quality, lossless=args.lossless) as writer,
+            Progress(meta.frames, label="decode", enabled=not args.quiet) as bar,
+        ):
+            for piece in pieces:
+                writer.write(piece.clamp(-1.0, 1.0))
+                bar.update(piece.shape[1])
+    seconds = time.perf_counter() - start
+    print(
+        f"decoded  latents {tuple(mean.shape)} (T_lat, z, h, w) -> {meta.frames} frames {meta.width}x{meta.height} "
+        f"@ {meta.fps} fps in {seconds:.1f}s (checkpoint loaded in {load_s:.2f}s) -> {args.output}"
+    )
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Print family, version, config, parameter count, dtype and sha256 of a checkpoint."""
     import dataclasses
-    import math
 
     from .checkpoints import detect_family, file_sha256, read_header
 
@@ -74,43 +256,205 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    """videovae convert CKPT -o OUT --dtype bf16: rewrite a checkpoint (videovae.convert)."""
+    from .checkpoints import file_sha256, read_header
+    from .convert import convert_checkpoint
+
+    if args.dtype is None:
+        args.parser.error("nothing to convert: give --dtype")
+    out = convert_checkpoint(args.checkpoint, args.output, dtype=args.dtype)
+    header = read_header(out)
+    dtypes = ",".join(sorted({_dtype_name(d) for d in header.dtypes.values()}))
+    print(f"wrote {out}  ({len(header.shapes)} tensors, {dtypes}, {out.stat().st_size} bytes, sha256 {file_sha256(out)})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job: write a synthetic video, reconstruct it with the reconstruct command's code,
+    and print shapes, timings and PSNR/SSIM."""
+    import torch
+
+    out_dir = args.out_dir
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out-dir {str(out_dir)!r} is a file, not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sample, reconstruction = out_dir / "sample.mp4", out_dir / "reconstruction.mp4"
+    compare, metrics_json = out_dir / "compare.mp4", out_dir / "metrics.json"
+    _check_outputs([], [sample, reconstruction, compare, metrics_json])
+
+    start = time.perf_counter()
+    write_sample_video(sample, args.frames, args.height, args.width, args.fps)
+    sample_s = time.perf_counter() - start
+    vae, sha, load_s = _load(args)
+    shape = (1, args.frames, 3, args.height, args.width)
+    print(f"checkpoint     {args.checkpoint}  ({vae.family} v{vae.version}, {_dtype_name(vae.dtype)}, loaded in {load_s:.2f}s)")
+    print(f"sample         {sample}  {tuple(shape)} (B, T, C, H, W) @ {args.fps} fps, written in {sample_s:.2f}s")
+    print(f"latents        {vae.latent_shape(shape, args.policy)}  (B, T_lat, z, h, w)")
+    with torch.inference_mode():
+        report = run_reconstruct(
+            vae, sample, reconstruction, checkpoint=args.checkpoint, checkpoint_sha256=sha, load_seconds=load_s,
+            compare=compare, metrics_json=metrics_json, policy=args.policy, progress=not args.quiet,
+        )
+    out = report["output"]
+    print(f"reconstruction {(1, out['frames'], 3, out['height'], out['width'])}  (B, T, C, H, W)")
+    _print_reconstruct_report(report)
+    print(f"metrics        {metrics_json}")
+    if vae.source and Path(vae.source).resolve() == DEFAULT_CHECKPOINT.resolve():
+        print("note           the shipped weights are tiny and untrained: the pipeline is real, the images are not")
+    return 0
+
+
+def cmd_encode_dataset(args: argparse.Namespace) -> int:
+    """videovae encode-dataset ...: the arguments and the work belong to videovae.dataset."""
+    try:
+        from . import dataset
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__}.dataset":
+            raise
+        raise RuntimeError(
+            "encode-dataset is not available: this install has no videovae.dataset module"
+        ) from None
+    parser = argparse.ArgumentParser(prog="videovae encode-dataset", description="Encode a folder of videos to latent files (torchrun for many processes).")
+    dataset.add_arguments(parser)
+    dataset_args = parser.parse_args(args.extra, namespace=argparse.Namespace(debug=args.debug, quiet=args.quiet))
+    return int(dataset.run(dataset_args) or 0)
+
+
+# -- parser -------------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="videovae", description="Causal video autoencoders: encode, decode, reconstruct.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="videovae", description="Causal video autoencoders: reconstruct, encode and decode video files."
+    )
+    # Global options, accepted before or after the command.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
+    common.add_argument("--threads", type=_int_at_least(1), default=argparse.SUPPRESS, help="torch CPU threads (default: torch's)")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bar")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--threads", type=_int_at_least(1), default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
-    demo = sub.add_parser("demo", help="reconstruct a synthetic video tensor; print shapes and timings")
-    demo.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
-    demo.add_argument("--frames", type=int, default=34)
-    demo.add_argument("--height", type=int, default=48)
-    demo.add_argument("--width", type=int, default=64)
-    demo.add_argument("--policy", choices=("pad", "trim", "strict"), default="pad")
-    demo.add_argument("--device", default=None)
-    demo.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
-    demo.add_argument("--threads", type=int, default=2)
-    demo.set_defaults(func=cmd_demo)
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="VAE weights, safetensors (default: the shipped tiny Step-Video v2)")
+    model.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default cpu)")
+    model.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights and compute dtype (default fp32)")
 
-    inspect = sub.add_parser("inspect", help="family, version, config, parameter count, dtype, sha256")
-    inspect.add_argument("checkpoint", type=Path)
-    inspect.set_defaults(func=cmd_inspect)
+    reading = argparse.ArgumentParser(add_help=False)
+    reading.add_argument("--policy", choices=POLICIES, default="pad", help="frame counts and sizes that do not round-trip: pad (default), trim, strict")
+    reading.add_argument("--start-frame", type=_int_at_least(0), default=0, help="first frame to read (default 0)")
+    reading.add_argument("--max-frames", type=_int_at_least(1), default=None, help="read at most this many frames")
+
+    writing = argparse.ArgumentParser(add_help=False)
+    quality = writing.add_mutually_exclusive_group()
+    quality.add_argument("--quality", type=_quality, default=None, help="CRF 0 (best) .. 51 (worst), default 18")
+    quality.add_argument("--lossless", action="store_true", help="store the 8-bit frames exactly (ffv1 in .mkv, libx264rgb in .mp4)")
+
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("reconstruct", parents=[common, model, reading, writing], help="encode and decode a video file; PSNR/SSIM, comparison")
+    p.add_argument("input", type=Path, help="video file")
+    p.add_argument("-o", "--output", type=Path, required=True, help="reconstructed video (.mp4, .mkv, .webm, ...)")
+    p.add_argument("--compare", type=Path, default=None, help="also write original | reconstruction | |error| x4, side by side")
+    p.add_argument("--metrics-json", type=Path, default=None, help="write per-video and per-frame PSNR/SSIM, facts and timings")
+    p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("encode", parents=[common, model, reading], help="encode a video file to a latent file (mean, logvar, metadata)")
+    p.add_argument("input", type=Path, help="video file")
+    p.add_argument("-o", "--output", type=Path, required=True, help="latent file (.safetensors)")
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("decode", parents=[common, model, writing], help="decode a latent file to a video at its stored fps")
+    p.add_argument("latents", type=Path, help="latent file written by `videovae encode`")
+    p.add_argument("-o", "--output", type=Path, required=True, help="video file")
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("inspect", parents=[common], help="family, version, config, parameter count, dtype, sha256 of a checkpoint")
+    p.add_argument("checkpoint", type=Path)
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("convert", parents=[common], help="rewrite a checkpoint in another dtype (keys and metadata kept)")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True, help="converted checkpoint (.safetensors)")
+    p.add_argument("--dtype", choices=DTYPES, default=None, help="cast floating tensors to this dtype")
+    p.set_defaults(func=cmd_convert, parser=p)
+
+    p = sub.add_parser("demo", parents=[common, model], help="the main job: reconstruct a synthetic video; outputs in --out-dir")
+    p.add_argument("--out-dir", type=Path, default=Path("outputs"), help="where sample.mp4, reconstruction.mp4, compare.mp4, metrics.json go (default outputs/)")
+    p.add_argument("--frames", type=_int_at_least(1), default=40)
+    p.add_argument("--height", type=_int_at_least(1), default=72)
+    p.add_argument("--width", type=_int_at_least(1), default=100)
+    p.add_argument("--fps", type=_int_at_least(1), default=30)
+    p.add_argument("--policy", choices=POLICIES, default="pad")
+    p.set_defaults(func=cmd_demo)
+
+    # Its options belong to videovae.dataset, which is imported only when this command runs.
+    p = sub.add_parser(
+        "encode-dataset", add_help=False, help="encode a dataset of videos to latent files (see `videovae encode-dataset --help`)"
+    )
+    p.set_defaults(func=cmd_encode_dataset)
     return parser
 
 
+@contextlib.contextmanager
+def _torch_threads(threads: int | None):
+    """torch's CPU thread count set to `threads` inside, restored after (None: untouched)."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def _one_line_warnings():
+    """Warnings as 'videovae: warning: ...' lines on stderr (no source line), restored after."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"videovae: warning: {_one_line(message)}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line on `argv` (default sys.argv[1:]); returns the exit status."""
     from .errors import VideoVAEError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "encode-dataset":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     try:
-        return args.func(args)
-    except (VideoVAEError, OSError, ValueError) as exc:
-        if args.debug:
-            raise
-        print(f"videovae: error: {exc}".splitlines()[0], file=sys.stderr)
-        return 1
+        with _one_line_warnings(), _torch_threads(args.threads):
+            return args.func(args)
     except KeyboardInterrupt:
         print("videovae: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `videovae inspect CKPT | head`: stop quietly, as other tools do
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except (VideoVAEError, OSError, ValueError, TypeError, RuntimeError) as exc:
+        if args.debug:
+            raise
+        print(f"videovae: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug: still one line, the traceback with --debug
+        if args.debug:
+            raise
+        print(f"videovae: error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

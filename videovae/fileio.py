@@ -93,6 +93,7 @@ def atomic_output(path: str | os.PathLike[str], suffix: str | None = None) -> It
     """
     target = check_output_path(path)
     temp = _reserve_temp_path(target, target.suffix if suffix is None else suffix)
+    mode = temp.stat().st_mode & 0o777  # what a plain open() would give (0o666 less the umask)
     try:
         yield temp
         if not temp.exists():
@@ -100,6 +101,7 @@ def atomic_output(path: str | os.PathLike[str], suffix: str | None = None) -> It
                 f"writing {str(target)!r} failed: its temporary file {str(temp)!r} vanished "
                 "before it could be renamed"
             )
+        os.chmod(temp, mode)  # writers that recreate the file (safetensors: 0o600) keep normal permissions
         _fsync_file(temp)
         os.replace(temp, target)
     except BaseException:

@@ -87,7 +87,8 @@ def load_latents(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor, L
     def read(f):
         keys = set(f.keys())
         if not {"mean", "logvar"} <= keys:
-            raise LatentFileError(f"{path} holds {sorted(keys)}, not the 'mean' and 'logvar' of a videovae latent file")
+            shown = ", ".join(sorted(keys)[:5]) + (f", ... ({len(keys)} tensors)" if len(keys) > 5 else "")
+            raise LatentFileError(f"{path} holds {shown}, not the 'mean' and 'logvar' of a videovae latent file")
         return f.get_tensor("mean"), f.get_tensor("logvar"), f.metadata() or {}
 
     mean, logvar, header = _open(path, read)

@@ -1,0 +1,99 @@
+"""Checkpoint conversion: rewrite a safetensors checkpoint with its tensors transformed, keys and
+metadata otherwise preserved, written atomically.
+
+    convert_checkpoint("vae_v2.safetensors", "vae_v2_bf16.safetensors", dtype="bf16")
+
+A conversion is a list of steps, each a function `(tensors, metadata) -> (tensors, metadata)` over
+the whole state dict (name -> tensor) and the header's string metadata. `convert_checkpoint` builds
+the list from its keyword arguments and applies the steps in order; a new kind of conversion (e.g. a
+key layout) is one more keyword, one more step function and one line in `_steps`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .checkpoints import read_header
+from .fileio import atomic_output, check_output_path
+
+__all__ = ["convert_checkpoint", "cast_floating", "svd_layout"]
+
+Tensors = dict[str, torch.Tensor]
+Metadata = dict[str, str]
+Step = Callable[[Tensors, Metadata], tuple[Tensors, Metadata]]
+
+
+def cast_floating(dtype: torch.dtype) -> Step:
+    """A step casting every floating-point tensor to `dtype`; integer and bool tensors are kept."""
+    if not dtype.is_floating_point:
+        raise TypeError(f"a checkpoint can be converted to a floating dtype (fp32, bf16, fp16), not {dtype}")
+
+    def step(tensors: Tensors, metadata: Metadata) -> tuple[Tensors, Metadata]:
+        return {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}, metadata
+
+    return step
+
+
+def svd_layout(layout: str) -> Step:
+    """A step rewriting an SVD VAE checkpoint in the "diffusers" or the "original" (Stability
+    single-file) key layout, bit-exact (videovae.families.svd.convert_layout). Only the VAE is kept:
+    a full SVD checkpoint's UNet and conditioners are left out."""
+    from .families.svd import LAYOUTS, convert_layout
+
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)} (SVD VAE key layouts); got {layout!r}")
+
+    def step(tensors: Tensors, metadata: Metadata) -> tuple[Tensors, Metadata]:
+        return convert_layout(tensors, layout), metadata
+
+    return step
+
+
+def _steps(*, dtype: torch.dtype | None, layout: str | None = None) -> list[Step]:
+    """The conversion steps the keyword arguments ask for, in the order they apply."""
+    steps: list[Step] = []
+    if layout is not None:
+        steps.append(svd_layout(layout))
+    if dtype is not None:
+        steps.append(cast_floating(dtype))
+    return steps
+
+
+def convert_checkpoint(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    dtype: torch.dtype | str | None = None,
+    layout: str | None = None,
+) -> Path:
+    """Rewrite the safetensors checkpoint `src` to `dst` and return `dst`.
+
+    dtype: cast every floating tensor to this dtype ("fp32", "bf16", "fp16" or a torch dtype); None
+        keeps each tensor's dtype. Keys, non-floating tensors and the header metadata are kept.
+    layout: "diffusers" or "original": rewrite an SVD VAE's keys in that layout (bit-exact; see
+        `svd_layout`); None keeps the keys.
+    `dst` is written atomically (a temporary file renamed at the end), so a failure leaves no file;
+    `dst` may be `src` (the file is read whole before it is replaced). Raises `CheckpointError` for
+    a missing or non-safetensors `src` and `OutputPathError` when `dst`'s folder is not writable,
+    both before any tensor is read.
+    """
+    from .api import _parse_dtype
+
+    header = read_header(src)  # CheckpointError: missing, pickle, not safetensors
+    target = check_output_path(dst)
+    steps = _steps(dtype=_parse_dtype(dtype), layout=layout)
+    with safe_open(str(header.path), framework="pt", device="cpu") as f:
+        tensors: Tensors = {key: f.get_tensor(key) for key in f.keys()}
+        metadata: Metadata = dict(f.metadata() or {})
+    for step in steps:
+        tensors, metadata = step(tensors, metadata)
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    with atomic_output(target) as tmp:  # keeps normal file permissions
+        save_file(tensors, str(tmp), metadata=metadata or None)
+    return target
