@@ -9,7 +9,12 @@ to that operation alone: peak = ru_maxrss after the first run - RSS before it.
     OMP_NUM_THREADS=2 python benchmarks/bench_svd.py --config small --frames 8 --size 128
     python benchmarks/bench_svd.py --config svd --frames 4 --size 256 --runs 3 --json out.json
 
-Prints a markdown table, writes JSON (--json). Never asserts speed.
+Also reports the seam error of chunked decoding (videovae.VideoVAE.decode with chunk_frames /
+overlap) against the whole-clip decode, on a smooth synthetic clip encoded by the same weights:
+plain chunks (overlap 0, what StableVideoDiffusionPipeline's decode_chunk_size does) vs overlapped
+cross-faded windows of the same size (--seam-chunk, --seam-overlap).
+
+Prints markdown tables, writes JSON (--json). Never asserts speed.
 """
 
 from __future__ import annotations
@@ -106,6 +111,43 @@ def make_weights_and_inputs(cfg_name: str, frames: int, size: int, workdir: Path
     return weights, inputs
 
 
+def seam_errors(weights: Path, frames: int, size: int, chunk: int, overlap: int) -> dict:
+    """|chunked decode - whole-clip decode| (max, RMS, worst frame) for plain and overlapped windows."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_svd import smooth_video  # the same clip the seam test uses
+
+    import videovae
+
+    vae = videovae.load(weights, dtype=torch.float32)
+    z = vae.encode(smooth_video(frames, size)).mode()  # (1, T, z, h, w)
+    with torch.no_grad():
+        full = vae.decode(z)
+        rows = {}
+        for name, ov in (("plain", 0), ("overlapped", overlap)):
+            start = time.perf_counter()
+            out = vae.decode(z, chunk_frames=chunk, overlap=ov)
+            seconds = time.perf_counter() - start
+            err = (out - full).abs()
+            rows[name] = {
+                "overlap": ov, "max_abs": err.max().item(), "rms": err.pow(2).mean().sqrt().item(),
+                "per_frame_max": err.amax(dim=(0, 2, 3, 4)).tolist(), "seconds": seconds,
+            }
+    return {"frames": frames, "size": size, "chunk_frames": chunk, "rows": rows}
+
+
+def seam_markdown(seams: dict) -> str:
+    lines = [
+        f"Seam error vs whole-clip decode: {seams['frames']} frames of {seams['size']}x{seams['size']}, windows of "
+        f"{seams['chunk_frames']} latent frames",
+        "",
+        "| decode | overlap | max abs err | RMS err | s |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in seams["rows"].items():
+        lines.append(f"| {name} | {row['overlap']} | {row['max_abs']:.4f} | {row['rms']:.4f} | {row['seconds']:.3f} |")
+    return "\n".join(lines)
+
+
 def markdown(results: list[dict], meta: dict) -> str:
     lines = [
         f"SVD VAE, config `{meta['config']}`, {meta['frames']} frames of {meta['size']}x{meta['size']}, "
@@ -135,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--seam-frames", type=int, default=16, help="frames of the seam-error clip")
+    parser.add_argument("--seam-chunk", type=int, default=6, help="latent frames per decode window")
+    parser.add_argument("--seam-overlap", type=int, default=2, help="overlap of the overlapped windows")
     parser.add_argument("--worker", nargs=5, metavar=("IMPL", "OP", "WEIGHTS", "INPUTS", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -168,10 +213,11 @@ def main(argv: list[str] | None = None) -> int:
             diff = (outputs["videovae"] - outputs["diffusers"]).abs().max().item()
             for r in results[-2:]:
                 r["max_abs_diff"] = diff
-    table = markdown(results, meta)
+        seams = seam_errors(weights, args.seam_frames, args.size, args.seam_chunk, args.seam_overlap)
+    table = markdown(results, meta) + "\n\n" + seam_markdown(seams)
     print(table)
     if args.json:
-        args.json.write_text(json.dumps({"meta": meta, "results": results, "markdown": table}, indent=1))
+        args.json.write_text(json.dumps({"meta": meta, "results": results, "seams": seams, "markdown": table}, indent=1))
     return 0
 
 

@@ -9,6 +9,7 @@ listed together in one error.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -17,10 +18,10 @@ from typing import Callable
 
 import torch
 from safetensors import safe_open
-from torch import nn
+from torch import Tensor, nn
 
 from .errors import CheckpointError, CheckpointMismatchError, CheckpointNotFoundError
-from .families import stepvideo
+from .families import stepvideo, svd
 
 _PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
@@ -35,6 +36,27 @@ class Family:
     config_from_shapes: Callable[[dict], object]    # module key -> shape  ->  config
     build: Callable[[object], nn.Module]            # config -> model
     describe: Callable[[object], str]               # config -> one-line description
+    # For layouts that are not one file key per module key (SVD's original single-file layout):
+    file_keys: Callable[[list[str]], list[str]] | None = None            # file keys the model reads (default all)
+    module_state: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None  # file tensors -> module
+                                                                         # state dict (default: to_module_key)
+    # A diffusers-style config.json beside the weights: (config from shapes, its dict, its path) -> config.
+    # None: the family has no such file and one there is not read.
+    config_file: Callable[[object, dict, str], object] | None = None
+
+    def module_shapes(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        """File {key: shape} -> module {key: shape}, without reading tensor data."""
+        keys = self.file_keys(list(shapes)) if self.file_keys else list(shapes)
+        if self.module_state is None:
+            return {self.to_module_key(k): shapes[k] for k in keys}
+        meta = {k: torch.empty(shapes[k], device="meta") for k in keys}
+        return {k: tuple(t.shape) for k, t in self.module_state(meta).items()}
+
+    def to_module_state(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """File tensors (of `file_keys`) -> the module's state dict."""
+        if self.module_state is None:
+            return {self.to_module_key(k): t for k, t in tensors.items()}
+        return self.module_state(tensors)
 
 
 STEPVIDEO = Family(
@@ -46,7 +68,23 @@ STEPVIDEO = Family(
     describe=stepvideo.describe,
 )
 
-FAMILIES: tuple[Family, ...] = (STEPVIDEO,)
+# SVD files come in the diffusers layout (= module keys) or Stability's original one; to_module_key is
+# the identity and config_from_shapes reads either layout, so per-key callers (`videovae inspect`) work.
+SVD = Family(
+    name=svd.FAMILY,
+    looks_like=svd.looks_like,
+    to_module_key=lambda key: key,
+    config_from_shapes=svd.config_from_file_shapes,
+    build=svd.SVDAutoencoder,
+    describe=svd.describe,
+    file_keys=svd.file_keys,
+    module_state=svd.to_diffusers_state,
+    config_file=svd.config_with_diffusers_json,
+)
+
+FAMILIES: tuple[Family, ...] = (STEPVIDEO, SVD)
+
+DIFFUSERS_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -68,13 +106,43 @@ def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 24) -> str:
     return digest.hexdigest()
 
 
-def read_header(path: str | os.PathLike) -> CheckpointHeader:
-    """Keys, shapes and dtypes of a safetensors file; CheckpointError for anything else."""
+def weights_path(path: str | os.PathLike) -> Path:
+    """The weights file of a checkpoint path: the path itself, or for a diffusers model folder its
+    diffusion_pytorch_model.safetensors (or its only .safetensors file)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointNotFoundError(f"checkpoint not found: {path}; check the path (no file or folder there)")
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a folder; pass the .safetensors file inside it")
+    if not path.is_dir():
+        return path
+    if (path / DIFFUSERS_WEIGHTS_NAME).is_file():
+        return path / DIFFUSERS_WEIGHTS_NAME
+    found = sorted(p.name for p in path.glob("*.safetensors"))
+    if len(found) == 1:
+        return path / found[0]
+    if found:
+        raise CheckpointError(f"{path} is a folder with {len(found)} .safetensors files ({', '.join(found)}); pass one of them")
+    hint = "; for a diffusers pipeline folder pass its vae/ subfolder" if (path / "vae").is_dir() else ""
+    raise CheckpointError(f"{path} is a folder with no .safetensors file in it; pass the weights file{hint}")
+
+
+def load_config_beside(weights: str | os.PathLike) -> dict | None:
+    """The config.json in the weights file's folder (diffusers' model-folder layout), or None."""
+    config = Path(weights).parent / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{config} beside the weights is not readable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{config} beside the weights is not a JSON object")
+    return data
+
+
+def read_header(path: str | os.PathLike) -> CheckpointHeader:
+    """Keys, shapes and dtypes of a safetensors file (or of the weights in a diffusers model folder);
+    CheckpointError for anything else."""
+    path = weights_path(path)
     with open(path, "rb") as f:
         head = f.read(8)
     if head.startswith(_PICKLE_MAGIC):
@@ -130,8 +198,8 @@ def _what_it_looks_like(keys: set[str], shapes: dict[str, tuple[int, ...]] | Non
     ):
         in_ch = shapes.get("conv_in.weight", (None, None))[1] if shapes else None
         takes = f"; its conv_in takes {in_ch} input channels" if in_ch else ""
-        svd = " (8 = 4 noisy + 4 image latent channels: an SVD UNet)" if in_ch == 8 else ""
-        return f"it looks like a diffusion UNet{takes}{svd}, not a VAE; load the VAE's own file"
+        unet = " (8 = 4 noisy + 4 image latent channels: an SVD UNet)" if in_ch == 8 else ""
+        return f"it looks like a diffusion UNet{takes}{unet}, not a VAE; load the VAE's own file"
     if any(k.startswith("model.diffusion_model.") for k in keys):
         return "it looks like a full diffusion checkpoint (model.diffusion_model.*); pass the VAE file instead"
     if any(k.startswith(("transformer_blocks.", "blocks.")) for k in keys):
@@ -139,8 +207,9 @@ def _what_it_looks_like(keys: set[str], shapes: dict[str, tuple[int, ...]] | Non
     if not keys:
         return "it holds no tensors"
     return (
-        f"{len(keys)} tensors under {top}; expected Step-Video VAE keys "
-        f"({', '.join(stepvideo.SENTINEL_KEYS)})"
+        f"{len(keys)} tensors under {top}; expected the keys of a Step-Video VAE "
+        f"({', '.join(stepvideo.SENTINEL_KEYS)}) or of an SVD VAE, in diffusers' layout "
+        f"({', '.join(svd._DIFFUSERS_SENTINELS)}) or Stability's original one ({svd._ORIGINAL_SENTINEL})"
     )
 
 
@@ -163,9 +232,13 @@ def _mismatch_report(expected: dict[str, tuple[int, ...]], found: dict[str, tupl
 
 
 def build_model(
-    shapes: dict[str, tuple[int, ...]], *, family: Family, source: str
+    shapes: dict[str, tuple[int, ...]], *, family: Family, source: str, config_file: tuple[dict, str] | None = None
 ) -> tuple[nn.Module, object]:
-    """A meta-device model for module-key shapes, after checking that the shapes fit it exactly."""
+    """A meta-device model for module-key shapes, after checking that the shapes fit it exactly.
+
+    config_file: (the dict, its path) of a config.json found beside the weights; used by families
+    whose weights do not hold everything (SVD's scaling_factor), ignored by the others.
+    """
     try:
         config = family.config_from_shapes(shapes)
     except (KeyError, ValueError, IndexError, ZeroDivisionError) as exc:
@@ -173,6 +246,8 @@ def build_model(
             f"{source} looks like a {family.name} checkpoint but its tensors do not describe a complete model "
             f"({type(exc).__name__}: {exc}); the file may be partial"
         ) from None
+    if config_file is not None and family.config_file is not None:
+        config = family.config_file(config, *config_file)
     with torch.device("meta"):
         model = family.build(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -187,24 +262,30 @@ def build_model(
 def load_model(
     path: str | os.PathLike, device: torch.device | str | None = None, dtype: torch.dtype | None = None
 ) -> tuple[nn.Module, CheckpointHeader]:
-    """Read, detect, build on meta and assign the weights of a checkpoint file.
+    """Read, detect, build on meta and assign the weights of a checkpoint file (or diffusers model
+    folder; a config.json beside the weights is read by the families that use one).
 
     dtype: the weights' (and so the compute) dtype; None keeps the file's floating dtype.
     """
     header = read_header(path)
     family = detect_family(header.shapes, path=header.path)
-    to_module = {k: family.to_module_key(k) for k in header.shapes}
-    module_shapes = {to_module[k]: s for k, s in header.shapes.items()}
-    model, _ = build_model(module_shapes, family=family, source=str(header.path))
+    keys = family.file_keys(list(header.shapes)) if family.file_keys else list(header.shapes)
+    try:
+        module_shapes = family.module_shapes(header.shapes)
+    except CheckpointMismatchError as exc:
+        raise CheckpointMismatchError(f"{header.path}: {exc}") from None
+    config_json = load_config_beside(header.path) if family.config_file else None
+    config_file = (config_json, str(header.path.parent / "config.json")) if config_json is not None else None
+    model, _ = build_model(module_shapes, family=family, source=str(header.path), config_file=config_file)
 
-    dtype = dtype or _dominant_float_dtype(header.dtypes)
+    dtype = dtype or _dominant_float_dtype({k: header.dtypes[k] for k in keys})
     device = torch.device(device) if device is not None else torch.device("cpu")
     state = {}
     with safe_open(str(header.path), framework="pt", device="cpu") as f:
-        for key in header.shapes:
+        for key in keys:
             tensor = f.get_tensor(key)
-            state[to_module[key]] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
-    model.load_state_dict(state, strict=True, assign=True)
+            state[key] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
+    model.load_state_dict(family.to_module_state(state), strict=True, assign=True)
     _check_nothing_on_meta(model, header.path)
     return model.eval().requires_grad_(False), header
 

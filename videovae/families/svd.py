@@ -20,9 +20,11 @@ diffusers passes around); "clip" activations are (B, C, T, H, W) for the tempora
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from videovae.chunking import FrameLayout
 from videovae.errors import CheckpointMismatchError, LatentMismatchError, VideoLayoutError
 from videovae.layers import GroupNorm
 
@@ -42,6 +45,7 @@ __all__ = [
     "detect_svd_layout",
 ]
 
+FAMILY = "svd"
 DIFFUSERS_CLASS_NAME = "AutoencoderKLTemporalDecoder"
 ENCODER_BLOCK_TYPE = "DownEncoderBlock2D"
 LOGVAR_RANGE = (-30.0, 20.0)  # diffusers' DiagonalGaussianDistribution clamp
@@ -152,6 +156,12 @@ def folded_to_clip(x: Tensor, num_frames: int) -> Tensor:
 def clip_to_folded(x: Tensor) -> Tensor:
     """(B, C, T, H, W) -> folded (B*T, C, H, W). A strided view, not a copy."""
     return rearrange(x, "b c t h w -> (b t) c h w")
+
+
+def folded_to_clip_view(x: Tensor, num_frames: int) -> Tensor:
+    """Folded (B*T, C, H, W) -> (B, C, T, H, W) as a strided view (no copy), for outputs whose
+    consumer transposes back to (B, T, C, H, W)."""
+    return rearrange(x, "(b t) c h w -> b c t h w", t=num_frames)
 
 
 # --------------------------------------------------------------------------------------------
@@ -427,6 +437,34 @@ class SVDAutoencoder(nn.Module):
         num_frames = z.shape[1]
         frames = self.decoder(frames_to_batch(z), num_frames)  # (B*T, out, H, W)
         return batch_to_frames(frames, num_frames).contiguous()
+
+    # -- the family interface of videovae.api.VideoVAE (channels-first clips) ---------------------
+
+    family = FAMILY
+    version = None
+
+    @property
+    def latent_channels(self) -> int:
+        return self.config.latent_channels
+
+    @property
+    def frame_layout(self) -> FrameLayout:
+        """No temporal compression, no chunks of its own; H and W multiples of the spatial factor."""
+        return FrameLayout(
+            frames_per_chunk=None, latents_per_chunk=None, time_factor=1, spatial_factor=self.config.spatial_compression
+        )
+
+    def encode_chunk(self, x: Tensor) -> Tensor:
+        """x: (B, C, T, H, W) -> moments (B, 2z, T, h, w); every frame is encoded on its own."""
+        num_frames = x.shape[2]
+        moments = self.encode_frames(clip_to_folded(x))  # (B*T, 2z, h, w)
+        return folded_to_clip_view(moments, num_frames)  # (B, 2z, T, h, w)
+
+    def decode_chunk(self, z: Tensor) -> Tensor:
+        """z: (B, z, T, h, w) -> frames (B, C, T, H, W); the temporal layers mix all T frames."""
+        num_frames = z.shape[2]
+        frames = self.decoder(clip_to_folded(z), num_frames)  # (B*T, C, H, W)
+        return folded_to_clip_view(frames, num_frames)  # (B, C, T, H, W)
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         """nn.Module.load_state_dict, but a strict load checks names and shapes first and raises
@@ -761,3 +799,177 @@ def diffusers_to_original(sd: Mapping[str, Tensor], encoder_prefix: str = COND_E
         out[f"{encoder_prefix}quant_conv.weight"] = sd["quant_conv.weight"]
         out[f"{encoder_prefix}quant_conv.bias"] = sd["quant_conv.bias"]
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# The family as videovae.checkpoints sees it: files in either layout -> a diffusers-layout model
+# --------------------------------------------------------------------------------------------
+
+
+def looks_like(keys: Iterable[str]) -> bool:
+    """Whether a file's keys hold an SVD VAE, in the diffusers or the original layout."""
+    return detect_svd_layout(keys) is not None
+
+
+def file_keys(keys: Iterable[str]) -> list[str]:
+    """The keys of a file that the VAE is read from: all of a diffusers-layout file; of an original
+    (possibly full SVD) checkpoint, the decoder and the one encoder group `original_to_diffusers`
+    uses, so the UNet and other conditioners are never read."""
+    keys = list(keys)
+    if detect_svd_layout(keys) != "original":
+        return keys
+    cond_encoder = COND_ENCODER_PREFIX + "encoder."
+    if any(k.startswith(cond_encoder) for k in keys):
+        prefixes = (DECODER_PREFIX, cond_encoder, COND_ENCODER_PREFIX + "quant_conv.")
+    else:
+        prefixes = (DECODER_PREFIX, FIRST_STAGE_PREFIX + "encoder.", FIRST_STAGE_PREFIX + "quant_conv.")
+    return [k for k in keys if k.startswith(prefixes)]
+
+
+def to_diffusers_state(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A file's tensors, in either layout -> the diffusers-layout state dict SVDAutoencoder loads."""
+    return original_to_diffusers(sd) if detect_svd_layout(sd) == "original" else dict(sd)
+
+
+def _meta(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Tensor]:
+    return {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+
+
+def diffusers_shapes(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """{key: shape} of a file in either layout -> {diffusers key: shape}, without any tensor data."""
+    vae_shapes = {k: shapes[k] for k in file_keys(shapes)}
+    return {k: tuple(t.shape) for k, t in to_diffusers_state(_meta(vae_shapes)).items()}
+
+
+def config_from_file_shapes(shapes: Mapping[str, tuple[int, ...]]) -> SVDConfig:
+    """The SVDConfig of a file in either layout, from its key names and shapes alone."""
+    return config_from_shapes(diffusers_shapes(shapes))
+
+
+def config_with_diffusers_json(cfg: SVDConfig, data: Mapping[str, Any], source: str = "config.json") -> SVDConfig:
+    """cfg (read from the weights' shapes) completed by a diffusers config.json: its scaling_factor and
+    force_upcast, which the weights do not hold. Raises CheckpointMismatchError when the file is the
+    config of another class or describes another architecture than the weights."""
+    class_name = data.get("_class_name", DIFFUSERS_CLASS_NAME)
+    if class_name != DIFFUSERS_CLASS_NAME:
+        raise CheckpointMismatchError(
+            f"{source} is the config of a {class_name}, but the weights beside it are an SVD VAE "
+            f"({DIFFUSERS_CLASS_NAME}); move the weights file or that config.json"
+        )
+    try:
+        declared = SVDConfig.from_diffusers_config(data)
+    except (TypeError, ValueError) as e:
+        raise CheckpointMismatchError(f"{source}: {e}") from None
+    structural = [f.name for f in dataclasses.fields(SVDConfig) if f.name not in ("scaling_factor", "force_upcast")]
+    differ = [f"{n}: config.json {getattr(declared, n)} vs weights {getattr(cfg, n)}"
+              for n in structural if getattr(declared, n) != getattr(cfg, n)]
+    if differ:
+        raise CheckpointMismatchError(f"{source} does not describe the weights beside it: " + "; ".join(differ))
+    return dataclasses.replace(cfg, scaling_factor=declared.scaling_factor, force_upcast=declared.force_upcast)
+
+
+def describe(cfg: SVDConfig) -> str:
+    return (
+        f"SVD VAE ({DIFFUSERS_CLASS_NAME}, blocks {cfg.block_out_channels} x {cfg.layers_per_block} layers, "
+        f"z={cfg.latent_channels}, {cfg.spatial_compression}x spatial)"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoint files: diffusers layout <-> original layout
+# --------------------------------------------------------------------------------------------
+
+LAYOUTS = ("diffusers", "original")
+DIFFUSERS_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+
+
+def convert_layout(
+    sd: Mapping[str, Tensor], layout: Literal["diffusers", "original"], *, encoder_prefix: str = COND_ENCODER_PREFIX
+) -> dict[str, Tensor]:
+    """An SVD VAE state dict in either layout -> the same tensors in `layout` (bit-exact: renames and
+    the attention [C, C] <-> [C, C, 1, 1] reshapes only).
+
+    To "original": the encoder goes under `encoder_prefix` (default the conditioning-frame encoder,
+    `conditioner.embedders.3.encoder.`, which keeps its quant_conv; "first_stage_model." folds the
+    quant_conv into conv_out, exact only for an identity quant_conv). To "diffusers": see
+    `original_to_diffusers` (keys outside the VAE groups are left out). A state dict already in
+    `layout` comes back unchanged (its VAE keys only; encoder_prefix applies to conversions from
+    the diffusers layout). Raises CheckpointMismatchError for anything that is not a complete
+    SVD VAE.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r}")
+    found = detect_svd_layout(sd)
+    if found is None:
+        raise CheckpointMismatchError(
+            f"not an SVD VAE state dict in either layout: no decoder.time_conv_out.weight (diffusers) and no "
+            f"{_ORIGINAL_SENTINEL} (original) among its {len(sd)} keys"
+        )
+    if layout == "diffusers":
+        out = to_diffusers_state(sd)
+        if found == "diffusers":
+            _check_diffusers_state_dict(out)
+        return out
+    if found == "original":
+        original = {k: sd[k] for k in file_keys(sd)}
+        original_to_diffusers(original)  # raises unless it is a complete VAE
+        return original
+    return diffusers_to_original(to_diffusers_state(sd), encoder_prefix)
+
+
+def convert_svd_checkpoint(
+    src: str | Path,
+    dst: str | Path,
+    layout: Literal["diffusers", "original"],
+    *,
+    dtype: torch.dtype | None = None,
+    encoder_prefix: str = COND_ENCODER_PREFIX,
+) -> dict[str, Any]:
+    """Write the SVD VAE of checkpoint `src` (a safetensors file in either layout, or a diffusers
+    folder) to `dst` in `layout`.
+
+    dst: a .safetensors file; or, for layout "diffusers", a folder (any path without a .safetensors
+    suffix), which gets diffusion_pytorch_model.safetensors and a config.json that diffusers'
+    AutoencoderKLTemporalDecoder.from_pretrained reads (scaling_factor / force_upcast from a
+    config.json beside `src`, else the released model's). dtype: cast floating tensors (None keeps
+    them bit-exact). Only the VAE is written: a full SVD checkpoint's UNet and conditioners are left
+    out (counted in the returned summary). Returns {"src", "dst", "from", "to", "tensors", "left_out"}.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from videovae.checkpoints import load_config_beside, read_header
+
+    header = read_header(src)
+    found = detect_svd_layout(header.shapes)
+    if found is None:
+        raise CheckpointMismatchError(
+            f"{header.path} is not an SVD VAE checkpoint in the diffusers or the original layout "
+            f"(no decoder.time_conv_out.weight and no {_ORIGINAL_SENTINEL})"
+        )
+    keys = file_keys(header.shapes)
+    with safe_open(str(header.path), framework="pt", device="cpu") as f:
+        sd = {k: f.get_tensor(k) for k in keys}
+    if dtype is not None:
+        sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+    out = convert_layout(sd, layout, encoder_prefix=encoder_prefix)
+    out = {k: v.contiguous() for k, v in out.items()}
+
+    dst = Path(dst)
+    weights = dst
+    if layout == "diffusers" and dst.suffix != ".safetensors":
+        dst.mkdir(parents=True, exist_ok=True)
+        weights = dst / DIFFUSERS_WEIGHTS_NAME
+        cfg = config_from_shapes({k: tuple(v.shape) for k, v in out.items()})
+        beside = load_config_beside(header.path)
+        if beside is not None:
+            cfg = config_with_diffusers_json(cfg, beside, str(header.path.parent / "config.json"))
+        config = {**cfg.to_diffusers_config(), "sample_size": beside.get("sample_size", 768) if beside else 768}
+        (dst / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    elif dst.suffix != ".safetensors":
+        raise ValueError(f"dst must be a .safetensors file for layout {layout!r}; got {dst}")
+    save_file(out, str(weights), metadata={"format": "pt"})
+    return {
+        "src": str(header.path), "dst": str(weights), "from": found, "to": layout,
+        "tensors": len(out), "left_out": len(header.shapes) - len(keys),
+    }
