@@ -99,3 +99,20 @@ def test_inductor_compiled_decode_matches_eager():
     eager = vae.decode(z)
     vae.compile_chunks()
     assert (vae.decode(z) - eager).abs().max() < 1e-4
+
+
+def test_weight_bound_convs_run_as_a_matmul_with_the_same_result(monkeypatch):
+    """Big-weight convs over few positions (v2's decoder head) take the im2col + matmul path."""
+    from videovae import layers
+
+    g = torch.Generator().manual_seed(0)
+    conv = layers.CausalConv3d(16, 24)
+    x = torch.randn(1, 16, 3, 4, 5, generator=g)
+    assert not layers._weight_bound(conv.conv, layers.pad_time_front(x, 2))
+    plain = conv(x)
+    monkeypatch.setattr(layers, "_MATMUL_MIN_WEIGHT", 0)  # now this small conv counts as weight-bound
+    assert layers._weight_bound(conv.conv, layers.pad_time_front(x, 2))
+    assert (conv(x) - plain).abs().max() < 1e-5
+    xp = F.pad(x, (1, 1, 1, 1, 2, 0))
+    expected = F.conv3d(xp, conv.conv.weight, conv.conv.bias)
+    assert torch.allclose(layers.conv3d_as_matmul(xp, conv.conv.weight, conv.conv.bias), expected, atol=1e-5)

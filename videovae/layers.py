@@ -70,10 +70,48 @@ class CausalConv3d(nn.Module):
         """x: (B, C_in, T, H, W), or (B, C_in, time_pad + T, H, W) when padded -> (B, C_out, T', H', W')."""
         if not padded:
             x = pad_time_front(x, self.time_pad)
-        out = self.conv(x)
+        if _weight_bound(self.conv, x):
+            out = conv3d_as_matmul(F.pad(x, (1, 1, 1, 1)) if self.conv.padding[1] else x, self.conv.weight, self.conv.bias)
+        else:
+            out = self.conv(x)
         if residual is not None:
             out.add_(residual)
         return out
+
+
+# Below this many output positions per sample, a conv with a large weight is bound by re-laying-out
+# its weight (oneDNN does it at every call on CPU), not by arithmetic: a plain matmul is faster
+# there (Step-Video v2's decoder head, 2048 -> 4096 channels on 3x6x6: 2x).
+_MATMUL_MAX_POSITIONS = 256
+_MATMUL_MIN_WEIGHT = 1 << 24
+
+
+def _weight_bound(conv: nn.Conv3d, x: Tensor) -> bool:
+    if x.is_cuda or conv.stride != (1, 1, 1) or conv.weight.numel() < _MATMUL_MIN_WEIGHT:
+        return False
+    if torch.compiler.is_compiling():
+        return False
+    T, H, W = x.shape[2:]
+    positions = (T - conv.kernel_size[0] + 1) * H * W  # H/W keep their size (padding k // 2)
+    return positions <= _MATMUL_MAX_POSITIONS
+
+
+def conv3d_as_matmul(xp: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """A stride-1 3D conv as one matmul over gathered patches (im2col).
+
+    xp: (B, C_in, T + kt - 1, H + kh - 1, W + kw - 1), already padded; weight (C_out, C_in, kt, kh, kw)
+    -> (B, C_out, T, H, W). Exact up to float summation order.
+    """
+    B, C, Tp, Hp, Wp = xp.shape
+    O, _, kt, kh, kw = weight.shape
+    T, H, W = Tp - kt + 1, Hp - kh + 1, Wp - kw + 1
+    sB, sC, sT, sH, sW = xp.stride()
+    # patches: (B, C, kt, kh, kw, T, H, W) view -> (B, C * kt * kh * kw, T * H * W) copy
+    patches = xp.as_strided((B, C, kt, kh, kw, T, H, W), (sB, sC, sT, sH, sW, sT, sH, sW))
+    out = torch.matmul(weight.reshape(O, -1), patches.reshape(B, C * kt * kh * kw, T * H * W))
+    if bias is not None:
+        out.add_(bias.view(1, O, 1))
+    return out.view(B, O, T, H, W)
 
 
 def conv_per_frame(x: Tensor, conv: nn.Conv2d, padding: tuple[int, int] = (0, 0)) -> Tensor:
