@@ -12,6 +12,9 @@ Traffic model (N elements of e bytes; GB = 1e9 bytes), per implementation:
                              sum and norm of it (2 reads), in-place affine and SiLU (2 x (1 read +
                              1 write)) = 9·N·4; 16-bit inputs add an fp32 upcast and a final
                              downcast (see `reference_bytes`)
+  - videovae op, CPU dispatch (`group_norm` on a CPU tensor, what the models run): PyTorch's
+                             native norm (2 reads + 1 write) then in-place SiLU (1 read + 1 write)
+                             = 5·N·e
   - copy (the "peak"):       1 read + 1 write
 The `floor GB/s` column divides the minimum traffic (3·N·e) by the time, so the implementations
 are comparable on one scale.
@@ -89,7 +92,7 @@ def measure_copy_bandwidth(device: torch.device, repeats: int, nbytes: int = 1 <
 
 def setup(shape, dtype: torch.dtype, device: torch.device) -> dict:
     """Inputs and the implementations to time on this device: one place for speed and memory."""
-    from videovae_kernels import group_norm_torch
+    from videovae_kernels import group_norm, group_norm_torch
 
     gen = torch.Generator().manual_seed(0)
     x = (torch.randn(shape, generator=gen) * 2 + 0.5).to(device=device, dtype=dtype)
@@ -107,6 +110,9 @@ def setup(shape, dtype: torch.dtype, device: torch.device) -> dict:
             3 * n * e,
         )
     impls["fused PyTorch reference"] = (lambda: group_norm_torch(x, GROUPS, w, b, 1e-5, silu=True), reference_bytes(n, e))
+    if device.type != "cuda":
+        # What the models run on CPU: the dispatcher's lean path (native norm + in-place SiLU here).
+        impls["videovae op, CPU dispatch"] = (lambda: group_norm(x, GROUPS, w, b, 1e-5, silu=True), 5 * n * e)
     return {"x": x, "impls": impls, "floor_bytes": 3 * n * e}
 
 

@@ -183,14 +183,18 @@ def group_norm_cpu(
     front_pad: int = 0,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """The lean CPU path the dispatcher runs: `group_norm_torch`, except for 16-bit inputs whose
-    layout PyTorch's native group norm can read in place, and for per-frame statistics of
-    channels-last-3d inputs (a free channels-last 2D view, where the reference's reductions are slow). Native CPU group norm accumulates 16-bit
+    layout PyTorch's native group norm can read in place, for per-frame statistics of
+    channels-last-3d inputs (a free channels-last 2D view, where the reference's reductions are slow),
+    and for float32 without front padding (native is one fused pass; with padding the reference
+    writes straight into the padded buffer, which native cannot). Native CPU group norm accumulates 16-bit
     inputs in float32 (Welford moments) and rounds the affine result once; SiLU then runs in place
     on the rounded values (the reference applies it before rounding: within 1 ulp of it). This
     avoids the reference's full float32 copy of 16-bit activations (~4x faster here)."""
     view = None
     channels_last_frames = per_frame and x.ndim == 5 and output_memory_format(x) == torch.channels_last_3d
-    if (x.dtype in (torch.bfloat16, torch.float16) or channels_last_frames) and not torch.compiler.is_compiling():
+    no_pad_float32 = x.dtype == torch.float32 and front_pad == 0
+    wanted = x.dtype in (torch.bfloat16, torch.float16) or channels_last_frames or no_pad_float32
+    if wanted and not torch.compiler.is_compiling():
         summed = x + residual if residual is not None else None
         source = summed if summed is not None else x
         view = native_group_norm_view(source, per_frame)
