@@ -14,9 +14,13 @@ from .errors import (
     CheckpointMismatchError,
     CheckpointNotFoundError,
     FramePolicyError,
+    LatentFileError,
     LatentMismatchError,
     NonFiniteInputError,
+    OutputPathError,
     VideoDTypeError,
+    VideoFileError,
+    VideoFileNotFoundError,
     VideoLayoutError,
     VideoVAEError,
 )
@@ -27,4 +31,5 @@ __all__ = [
     "load", "VideoVAE", "LatentDistribution", "FramePolicy", "FrameLayout",
     "VideoVAEError", "VideoLayoutError", "VideoDTypeError", "NonFiniteInputError", "FramePolicyError",
     "CheckpointError", "CheckpointNotFoundError", "CheckpointMismatchError", "LatentMismatchError",
+    "LatentFileError", "VideoFileError", "VideoFileNotFoundError", "OutputPathError",
 ]

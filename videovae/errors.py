@@ -53,3 +53,7 @@ class VideoFileNotFoundError(VideoFileError, FileNotFoundError):
 class OutputPathError(VideoVAEError, OSError):
     """An output cannot be written where asked: the folder is missing or not writable, the target is
     a folder, or writing failed part way (disk full)."""
+
+
+class LatentFileError(VideoVAEError, OSError):
+    """A latent file cannot be read: missing, not safetensors, or not written by videovae."""

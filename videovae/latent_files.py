@@ -17,14 +17,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .errors import LatentMismatchError, VideoVAEError
+from .errors import LatentFileError, LatentMismatchError
 from .fileio import atomic_output
 
 FORMAT = "videovae.latents/1"
-
-
-class LatentFileError(VideoVAEError, OSError):
-    """A latent file cannot be read: missing, not safetensors, or not written by videovae."""
 
 
 @dataclass(frozen=True)
