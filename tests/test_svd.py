@@ -16,7 +16,7 @@ import videovae
 from conftest import stepvideo_weights
 from videovae.chunking import OverlapBlender, crossfade_weights, overlap_windows, overlapped_windows
 from videovae.errors import CheckpointMismatchError
-from videovae.families.svd import convert_layout, convert_svd_checkpoint
+from videovae.families.svd_checkpoint import convert_layout, convert_svd_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures" / "svd"
 DIFFUSERS_DIR = FIXTURES / "svd_vae_tiny_diffusers"

@@ -12,14 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from videovae.errors import CheckpointMismatchError, LatentMismatchError, VideoLayoutError
-from videovae.families.svd import (
-    SVDAutoencoder,
-    SVDConfig,
-    config_from_shapes,
-    detect_svd_layout,
-    diffusers_to_original,
-    original_to_diffusers,
-)
+from videovae.families.svd import SVDAutoencoder, SVDConfig, config_from_shapes
+from videovae.families.svd_checkpoint import detect_svd_layout, diffusers_to_original, original_to_diffusers
 
 FIXTURES = Path(__file__).parent / "fixtures" / "svd"
 DIFFUSERS_DIR = FIXTURES / "svd_vae_tiny_diffusers"

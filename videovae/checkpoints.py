@@ -21,7 +21,7 @@ from safetensors import safe_open
 from torch import Tensor, nn
 
 from .errors import CheckpointError, CheckpointMismatchError, CheckpointNotFoundError
-from .families import stepvideo, svd
+from .families import stepvideo, svd, svd_checkpoint
 
 _PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
@@ -72,14 +72,14 @@ STEPVIDEO = Family(
 # the identity and config_from_shapes reads either layout, so per-key callers (`videovae inspect`) work.
 SVD = Family(
     name=svd.FAMILY,
-    looks_like=svd.looks_like,
+    looks_like=svd_checkpoint.looks_like,
     to_module_key=lambda key: key,
-    config_from_shapes=svd.config_from_file_shapes,
+    config_from_shapes=svd_checkpoint.config_from_file_shapes,
     build=svd.SVDAutoencoder,
-    describe=svd.describe,
-    file_keys=svd.file_keys,
-    module_state=svd.to_diffusers_state,
-    config_file=svd.config_with_diffusers_json,
+    describe=svd_checkpoint.describe,
+    file_keys=svd_checkpoint.file_keys,
+    module_state=svd_checkpoint.to_diffusers_state,
+    config_file=svd_checkpoint.config_with_diffusers_json,
 )
 
 FAMILIES: tuple[Family, ...] = (STEPVIDEO, SVD)

@@ -42,9 +42,9 @@ def cast_floating(dtype: torch.dtype) -> Step:
 
 def svd_layout(layout: str) -> Step:
     """A step rewriting an SVD VAE checkpoint in the "diffusers" or the "original" (Stability
-    single-file) key layout, bit-exact (videovae.families.svd.convert_layout). Only the VAE is kept:
+    single-file) key layout, bit-exact (videovae.families.svd_checkpoint.convert_layout). Only the VAE is kept:
     a full SVD checkpoint's UNet and conditioners are left out."""
-    from .families.svd import LAYOUTS, convert_layout
+    from .families.svd_checkpoint import LAYOUTS, convert_layout
 
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)} (SVD VAE key layouts); got {layout!r}")

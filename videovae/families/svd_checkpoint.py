@@ -1,0 +1,429 @@
+"""SVD VAE checkpoints: the diffusers and original (Stability single-file) key layouts, how
+`videovae.checkpoints` recognises and reads either, and bit-exact conversion between them. The model
+itself and its config live in `svd.py`."""
+
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from videovae.errors import CheckpointMismatchError
+
+from .svd import (
+    _ORIGINAL_SENTINEL,
+    DIFFUSERS_CLASS_NAME,
+    SVDConfig,
+    _check_diffusers_state_dict,
+    _check_keys,
+    _expected_shapes,
+    _indices,
+    config_from_shapes,
+)
+
+__all__ = [
+    "original_to_diffusers",
+    "diffusers_to_original",
+    "detect_svd_layout",
+    "convert_layout",
+    "convert_svd_checkpoint",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Key maps: diffusers <-> Stability's original single-file layout
+# --------------------------------------------------------------------------------------------
+
+DECODER_PREFIX = "first_stage_model.decoder."
+COND_ENCODER_PREFIX = "conditioner.embedders.3.encoder."  # holds encoder.* and quant_conv.*
+FIRST_STAGE_PREFIX = "first_stage_model."  # holds encoder.* with quant_conv folded into conv_out
+
+# Sub-module renames inside one block, diffusers -> original; the parameter name is kept.
+_ENCODER_RESNET = {
+    "norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2", "conv_shortcut": "nin_shortcut",
+}
+_DECODER_RESNET = {
+    "spatial_res_block.norm1": "norm1",
+    "spatial_res_block.conv1": "conv1",
+    "spatial_res_block.norm2": "norm2",
+    "spatial_res_block.conv2": "conv2",
+    "spatial_res_block.conv_shortcut": "nin_shortcut",
+    "temporal_res_block.norm1": "time_stack.in_layers.0",
+    "temporal_res_block.conv1": "time_stack.in_layers.2",
+    "temporal_res_block.norm2": "time_stack.out_layers.0",
+    "temporal_res_block.conv2": "time_stack.out_layers.3",
+    "time_mixer": "",  # time_mixer.mix_factor -> mix_factor
+}
+_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+_ATTENTION_LINEARS = ("to_q", "to_k", "to_v", "to_out.0")
+_TOP = {
+    "conv_in": "conv_in", "conv_out": "conv_out", "conv_norm_out": "norm_out", "time_conv_out": "conv_out.time_mix_conv",
+}
+
+
+def _split(name: str) -> tuple[str, str]:
+    """'a.b.weight' -> ('a.b', 'weight'); 'mix_factor' -> ('', 'mix_factor')."""
+    module, _, param = name.rpartition(".")
+    return module, param
+
+
+def _join(*parts: str) -> str:
+    return ".".join(p for p in parts if p)
+
+
+def _rename_in_block(rest: str, table: Mapping[str, str]) -> str | None:
+    module, param = _split(rest)
+    return _join(table[module], param) if module in table else None
+
+
+def _to_original_name(name: str, num_blocks: int) -> str | None:
+    """One diffusers name relative to encoder./decoder. (e.g. 'mid_block.resnets.0.conv1.weight')
+    -> its original name relative to the same module, or None if it has no counterpart."""
+    if m := re.fullmatch(r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", name):
+        new = _rename_in_block(m[3], _ENCODER_RESNET)
+        return new and f"down.{m[1]}.block.{m[2]}.{new}"
+    if m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.(conv\.\w+)", name):
+        return f"down.{m[1]}.downsample.{m[2]}"
+    if m := re.fullmatch(r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", name):
+        new = _rename_in_block(m[3], _DECODER_RESNET)
+        return new and f"up.{num_blocks - 1 - int(m[1])}.block.{m[2]}.{new}"
+    if m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.(conv\.\w+)", name):
+        return f"up.{num_blocks - 1 - int(m[1])}.upsample.{m[2]}"
+    if m := re.fullmatch(r"mid_block\.resnets\.(\d+)\.(.+)", name):
+        new = _rename_in_block(m[2], {**_ENCODER_RESNET, **_DECODER_RESNET})
+        return new and f"mid.block_{int(m[1]) + 1}.{new}"
+    if m := re.fullmatch(r"mid_block\.attentions\.0\.(.+)", name):
+        new = _rename_in_block(m[1], _ATTENTION)
+        return new and f"mid.attn_1.{new}"
+    return _rename_in_block(name, _TOP)
+
+
+def _to_diffusers_name(name: str, num_blocks: int, decoder: bool) -> str | None:
+    """Inverse of `_to_original_name` for a name relative to the decoder (decoder=True) or the
+    encoder; None if it has no counterpart there."""
+    resnet = {v: k for k, v in (_DECODER_RESNET if decoder else _ENCODER_RESNET).items()}
+    top = {v: k for k, v in _TOP.items() if decoder or k != "time_conv_out"}
+    blocks, block_kind = ("up", "up_blocks") if decoder else ("down", "down_blocks")
+    sampler = "upsample" if decoder else "downsample"
+    index = (lambda i: num_blocks - 1 - int(i)) if decoder else int  # up blocks run deepest first
+
+    if m := re.fullmatch(rf"{blocks}\.(\d+)\.block\.(\d+)\.(.+)", name):
+        new = _rename_in_block(m[3], resnet)
+        return new and f"{block_kind}.{index(m[1])}.resnets.{m[2]}.{new}"
+    if m := re.fullmatch(rf"{blocks}\.(\d+)\.{sampler}\.(conv\.\w+)", name):
+        return f"{block_kind}.{index(m[1])}.{sampler}rs.0.{m[2]}"
+    if m := re.fullmatch(r"mid\.block_(\d+)\.(.+)", name):
+        new = _rename_in_block(m[2], resnet)
+        return new and f"mid_block.resnets.{int(m[1]) - 1}.{new}"
+    if m := re.fullmatch(r"mid\.attn_1\.(.+)", name):
+        new = _rename_in_block(m[1], {v: k for k, v in _ATTENTION.items()})
+        return new and f"mid_block.attentions.0.{new}"
+    return _rename_in_block(name, top)
+
+
+def _is_attention_linear_weight(diffusers_name: str) -> bool:
+    module, param = _split(diffusers_name)
+    return param == "weight" and module.startswith("mid_block.attentions.0.") and module.endswith(_ATTENTION_LINEARS)
+
+
+def _group_to_diffusers(
+    sd: Mapping[str, Tensor], prefix: str, new_prefix: str, rename: Callable[[str], str | None], unmatched: list[str]
+) -> dict[str, Tensor]:
+    """The keys of sd under `prefix`, renamed by `rename` and put under `new_prefix`; attention 1x1
+    conv weights [C, C, 1, 1] become Linear weights [C, C] (a view). Names it cannot map go to
+    `unmatched`."""
+    out = {}
+    for key, tensor in sd.items():
+        if not key.startswith(prefix):
+            continue
+        new = rename(key[len(prefix):])
+        if new is None:
+            unmatched.append(key)
+            continue
+        if _is_attention_linear_weight(new) and tensor.ndim == 4:
+            tensor = tensor.reshape(tensor.shape[0], tensor.shape[1])  # [C, C, 1, 1] -> [C, C]
+        out[new_prefix + new] = tensor
+    return out
+
+
+def _group_blocks(keys: Iterable[str], prefix: str, pattern: str) -> int:
+    return len(_indices((k[len(prefix):] for k in keys if k.startswith(prefix)), pattern))
+
+
+def detect_svd_layout(keys: Iterable[str]) -> Literal["diffusers", "original"] | None:
+    """'diffusers' (AutoencoderKLTemporalDecoder names), 'original' (Stability's single-file names:
+    a full SVD checkpoint or its VAE subset), or None (not an SVD VAE), from sentinel key names."""
+    keys = set(keys)
+    if "decoder.time_conv_out.weight" in keys and "decoder.conv_in.weight" in keys:
+        return "diffusers"
+    if _ORIGINAL_SENTINEL in keys:
+        return "original"
+    return None
+
+
+def original_to_diffusers(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Original-layout state dict -> diffusers layout (the same tensors, renamed; the attention 1x1
+    conv weights [C, C, 1, 1] become Linear weights [C, C]).
+
+    Reads the decoder from `first_stage_model.decoder.*` and the encoder from
+    `conditioner.embedders.3.encoder.{encoder,quant_conv}.*` (the conditioning-frame encoder; used
+    when present, bit-exact) or else from `first_stage_model.encoder.*`, whose conv_out already
+    contains the quant_conv, with an identity `quant_conv`. Keys outside those groups (the UNet,
+    other conditioners) are ignored. Raises CheckpointMismatchError on unmatched, missing or
+    mis-shaped keys.
+    """
+    keys = list(sd)
+    if not any(k.startswith(DECODER_PREFIX) for k in keys):
+        raise CheckpointMismatchError(
+            f"original-layout SVD VAE: no {DECODER_PREFIX}* keys (detected layout: {detect_svd_layout(keys)})"
+        )
+    num_blocks = _group_blocks(keys, DECODER_PREFIX, r"up\.(\d+)\.")
+    unmatched: list[str] = []
+    out = _group_to_diffusers(
+        sd, DECODER_PREFIX, "decoder.", lambda n: _to_diffusers_name(n, num_blocks, decoder=True), unmatched
+    )
+    cond_encoder = COND_ENCODER_PREFIX + "encoder."
+    if any(k.startswith(cond_encoder) for k in keys):
+        encoder_prefix, quant_prefix = cond_encoder, COND_ENCODER_PREFIX + "quant_conv."
+    else:
+        encoder_prefix, quant_prefix = FIRST_STAGE_PREFIX + "encoder.", FIRST_STAGE_PREFIX + "quant_conv."
+    encoder_blocks = _group_blocks(keys, encoder_prefix, r"down\.(\d+)\.")
+    out |= _group_to_diffusers(
+        sd, encoder_prefix, "encoder.", lambda n: _to_diffusers_name(n, encoder_blocks, decoder=False), unmatched
+    )
+    quant = {k[len(quant_prefix):]: v for k, v in sd.items() if k.startswith(quant_prefix)}
+    if quant:
+        out |= {f"quant_conv.{name}": t for name, t in quant.items()}
+    elif encoder_prefix.startswith(FIRST_STAGE_PREFIX) and "encoder.conv_out.weight" in out:
+        # sgm's first-stage encoder has no quant_conv: it is folded into conv_out. Identity here.
+        w = out["encoder.conv_out.weight"]
+        out["quant_conv.weight"] = torch.eye(w.shape[0], dtype=w.dtype, device=w.device)[:, :, None, None]
+        out["quant_conv.bias"] = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+    if unmatched:
+        raise CheckpointMismatchError(
+            f"original-layout SVD VAE: {len(unmatched)} key(s) with no diffusers counterpart: {sorted(unmatched)[:12]}"
+        )
+    shapes = {k: tuple(v.shape) for k, v in out.items()}
+    try:
+        cfg = config_from_shapes(shapes)
+    except CheckpointMismatchError as e:
+        raise CheckpointMismatchError(f"original-layout SVD VAE, after renaming: {e}") from None
+    _check_keys(_expected_shapes(cfg), shapes, cfg, layout="original (renamed to diffusers)")
+    return out
+
+
+def diffusers_to_original(sd: Mapping[str, Tensor], encoder_prefix: str = COND_ENCODER_PREFIX) -> dict[str, Tensor]:
+    """Diffusers-layout state dict -> original layout (renames; attention Linear [C, C] weights
+    become 1x1 conv weights [C, C, 1, 1]).
+
+    The decoder goes to `first_stage_model.decoder.*`. The encoder goes to
+    `{encoder_prefix}encoder.*` and `{encoder_prefix}quant_conv.*`; with
+    encoder_prefix="first_stage_model." (sgm's first-stage model, which has no quant_conv) the
+    quant_conv is folded into encoder.conv_out instead (W' = Q @ W, b' = Q @ b + b_q: arithmetic,
+    exact only when Q is the identity). Raises CheckpointMismatchError if sd is not a complete
+    diffusers-layout SVD VAE.
+    """
+    cfg = _check_diffusers_state_dict(sd)
+    num_blocks = len(cfg.block_out_channels)
+    if encoder_prefix and not encoder_prefix.endswith("."):
+        encoder_prefix += "."
+
+    out: dict[str, Tensor] = {}
+    for key, tensor in sd.items():
+        module, _, name = key.partition(".")
+        if module == "quant_conv":
+            continue
+        new_prefix = DECODER_PREFIX if module == "decoder" else f"{encoder_prefix}encoder."
+        if _is_attention_linear_weight(name):
+            tensor = tensor.reshape(*tensor.shape, 1, 1)  # [C, C] -> [C, C, 1, 1]; a view
+        out[new_prefix + _to_original_name(name, num_blocks)] = tensor
+    if encoder_prefix == FIRST_STAGE_PREFIX:
+        q_w, q_b = sd["quant_conv.weight"].flatten(1), sd["quant_conv.bias"]  # (2z, 2z), (2z,)
+        w, b = sd["encoder.conv_out.weight"], sd["encoder.conv_out.bias"]  # (2z, C, 3, 3), (2z,)
+        out[f"{encoder_prefix}encoder.conv_out.weight"] = torch.einsum("om,mchw->ochw", q_w, w)
+        out[f"{encoder_prefix}encoder.conv_out.bias"] = q_w @ b + q_b
+    else:
+        out[f"{encoder_prefix}quant_conv.weight"] = sd["quant_conv.weight"]
+        out[f"{encoder_prefix}quant_conv.bias"] = sd["quant_conv.bias"]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The family as videovae.checkpoints sees it: files in either layout -> a diffusers-layout model
+# --------------------------------------------------------------------------------------------
+
+
+def looks_like(keys: Iterable[str]) -> bool:
+    """Whether a file's keys hold an SVD VAE, in the diffusers or the original layout."""
+    return detect_svd_layout(keys) is not None
+
+
+def file_keys(keys: Iterable[str]) -> list[str]:
+    """The keys of a file that the VAE is read from: all of a diffusers-layout file; of an original
+    (possibly full SVD) checkpoint, the decoder and the one encoder group `original_to_diffusers`
+    uses, so the UNet and other conditioners are never read."""
+    keys = list(keys)
+    if detect_svd_layout(keys) != "original":
+        return keys
+    cond_encoder = COND_ENCODER_PREFIX + "encoder."
+    if any(k.startswith(cond_encoder) for k in keys):
+        prefixes = (DECODER_PREFIX, cond_encoder, COND_ENCODER_PREFIX + "quant_conv.")
+    else:
+        prefixes = (DECODER_PREFIX, FIRST_STAGE_PREFIX + "encoder.", FIRST_STAGE_PREFIX + "quant_conv.")
+    return [k for k in keys if k.startswith(prefixes)]
+
+
+def to_diffusers_state(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A file's tensors, in either layout -> the diffusers-layout state dict SVDAutoencoder loads."""
+    return original_to_diffusers(sd) if detect_svd_layout(sd) == "original" else dict(sd)
+
+
+def _meta(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Tensor]:
+    return {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+
+
+def diffusers_shapes(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """{key: shape} of a file in either layout -> {diffusers key: shape}, without any tensor data."""
+    vae_shapes = {k: shapes[k] for k in file_keys(shapes)}
+    return {k: tuple(t.shape) for k, t in to_diffusers_state(_meta(vae_shapes)).items()}
+
+
+def config_from_file_shapes(shapes: Mapping[str, tuple[int, ...]]) -> SVDConfig:
+    """The SVDConfig of a file in either layout, from its key names and shapes alone."""
+    return config_from_shapes(diffusers_shapes(shapes))
+
+
+def config_with_diffusers_json(cfg: SVDConfig, data: Mapping[str, Any], source: str = "config.json") -> SVDConfig:
+    """cfg (read from the weights' shapes) completed by a diffusers config.json: its scaling_factor and
+    force_upcast, which the weights do not hold. Raises CheckpointMismatchError when the file is the
+    config of another class or describes another architecture than the weights."""
+    class_name = data.get("_class_name", DIFFUSERS_CLASS_NAME)
+    if class_name != DIFFUSERS_CLASS_NAME:
+        raise CheckpointMismatchError(
+            f"{source} is the config of a {class_name}, but the weights beside it are an SVD VAE "
+            f"({DIFFUSERS_CLASS_NAME}); move the weights file or that config.json"
+        )
+    try:
+        declared = SVDConfig.from_diffusers_config(data)
+    except (TypeError, ValueError) as e:
+        raise CheckpointMismatchError(f"{source}: {e}") from None
+    structural = [f.name for f in dataclasses.fields(SVDConfig) if f.name not in ("scaling_factor", "force_upcast")]
+    differ = [f"{n}: config.json {getattr(declared, n)} vs weights {getattr(cfg, n)}"
+              for n in structural if getattr(declared, n) != getattr(cfg, n)]
+    if differ:
+        raise CheckpointMismatchError(f"{source} does not describe the weights beside it: " + "; ".join(differ))
+    return dataclasses.replace(cfg, scaling_factor=declared.scaling_factor, force_upcast=declared.force_upcast)
+
+
+def describe(cfg: SVDConfig) -> str:
+    return (
+        f"SVD VAE ({DIFFUSERS_CLASS_NAME}, blocks {cfg.block_out_channels} x {cfg.layers_per_block} layers, "
+        f"z={cfg.latent_channels}, {cfg.spatial_compression}x spatial)"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoint files: diffusers layout <-> original layout
+# --------------------------------------------------------------------------------------------
+
+LAYOUTS = ("diffusers", "original")
+DIFFUSERS_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+
+
+def convert_layout(
+    sd: Mapping[str, Tensor], layout: Literal["diffusers", "original"], *, encoder_prefix: str = COND_ENCODER_PREFIX
+) -> dict[str, Tensor]:
+    """An SVD VAE state dict in either layout -> the same tensors in `layout` (bit-exact: renames and
+    the attention [C, C] <-> [C, C, 1, 1] reshapes only).
+
+    To "original": the encoder goes under `encoder_prefix` (default the conditioning-frame encoder,
+    `conditioner.embedders.3.encoder.`, which keeps its quant_conv; "first_stage_model." folds the
+    quant_conv into conv_out, exact only for an identity quant_conv). To "diffusers": see
+    `original_to_diffusers` (keys outside the VAE groups are left out). A state dict already in
+    `layout` comes back unchanged (its VAE keys only; encoder_prefix applies to conversions from
+    the diffusers layout). Raises CheckpointMismatchError for anything that is not a complete
+    SVD VAE.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r}")
+    found = detect_svd_layout(sd)
+    if found is None:
+        raise CheckpointMismatchError(
+            f"not an SVD VAE state dict in either layout: no decoder.time_conv_out.weight (diffusers) and no "
+            f"{_ORIGINAL_SENTINEL} (original) among its {len(sd)} keys"
+        )
+    if layout == "diffusers":
+        out = to_diffusers_state(sd)
+        if found == "diffusers":
+            _check_diffusers_state_dict(out)
+        return out
+    if found == "original":
+        original = {k: sd[k] for k in file_keys(sd)}
+        original_to_diffusers(original)  # raises unless it is a complete VAE
+        return original
+    return diffusers_to_original(to_diffusers_state(sd), encoder_prefix)
+
+
+def convert_svd_checkpoint(
+    src: str | Path,
+    dst: str | Path,
+    layout: Literal["diffusers", "original"],
+    *,
+    dtype: torch.dtype | None = None,
+    encoder_prefix: str = COND_ENCODER_PREFIX,
+) -> dict[str, Any]:
+    """Write the SVD VAE of checkpoint `src` (a safetensors file in either layout, or a diffusers
+    folder) to `dst` in `layout`.
+
+    dst: a .safetensors file; or, for layout "diffusers", a folder (any path without a .safetensors
+    suffix), which gets diffusion_pytorch_model.safetensors and a config.json that diffusers'
+    AutoencoderKLTemporalDecoder.from_pretrained reads (scaling_factor / force_upcast from a
+    config.json beside `src`, else the released model's). dtype: cast floating tensors (None keeps
+    them bit-exact). Only the VAE is written: a full SVD checkpoint's UNet and conditioners are left
+    out (counted in the returned summary). Returns {"src", "dst", "from", "to", "tensors", "left_out"}.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from videovae.checkpoints import load_config_beside, read_header
+
+    header = read_header(src)
+    found = detect_svd_layout(header.shapes)
+    if found is None:
+        raise CheckpointMismatchError(
+            f"{header.path} is not an SVD VAE checkpoint in the diffusers or the original layout "
+            f"(no decoder.time_conv_out.weight and no {_ORIGINAL_SENTINEL})"
+        )
+    keys = file_keys(header.shapes)
+    with safe_open(str(header.path), framework="pt", device="cpu") as f:
+        sd = {k: f.get_tensor(k) for k in keys}
+    if dtype is not None:
+        sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+    out = convert_layout(sd, layout, encoder_prefix=encoder_prefix)
+    out = {k: v.contiguous() for k, v in out.items()}
+
+    dst = Path(dst)
+    weights = dst
+    if layout == "diffusers" and dst.suffix != ".safetensors":
+        dst.mkdir(parents=True, exist_ok=True)
+        weights = dst / DIFFUSERS_WEIGHTS_NAME
+        cfg = config_from_shapes({k: tuple(v.shape) for k, v in out.items()})
+        beside = load_config_beside(header.path)
+        if beside is not None:
+            cfg = config_with_diffusers_json(cfg, beside, str(header.path.parent / "config.json"))
+        config = {**cfg.to_diffusers_config(), "sample_size": beside.get("sample_size", 768) if beside else 768}
+        (dst / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    elif dst.suffix != ".safetensors":
+        raise ValueError(f"dst must be a .safetensors file for layout {layout!r}; got {dst}")
+    save_file(out, str(weights), metadata={"format": "pt"})
+    return {
+        "src": str(header.path), "dst": str(weights), "from": found, "to": layout,
+        "tensors": len(out), "left_out": len(header.shapes) - len(keys),
+    }
