@@ -58,3 +58,22 @@ def v2():
     import videovae
 
     return videovae.load(stepvideo_weights(2), dtype=torch.float32)
+
+
+SVD_FIXTURES = FIXTURES / "svd"
+
+
+@pytest.fixture(scope="module")
+def svd_io() -> dict[str, torch.Tensor]:
+    """The tiny SVD fixture's inputs and reference outputs."""
+    from safetensors.torch import load_file
+
+    return load_file(SVD_FIXTURES / "svd_vae_tiny_io.safetensors")
+
+
+@pytest.fixture(scope="module")
+def svd():
+    """The tiny SVD VAE, loaded from its diffusers folder."""
+    import videovae
+
+    return videovae.load(SVD_FIXTURES / "svd_vae_tiny_diffusers")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import videovae
 from conftest import stepvideo_io, stepvideo_weights
@@ -25,36 +24,27 @@ needs_pipeline = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def io() -> dict[str, torch.Tensor]:
-    return load_file(FIXTURES / "svd_vae_tiny_io.safetensors")
-
-
-@pytest.fixture(scope="module")
-def svd() -> videovae.VideoVAE:
-    return videovae.load(DIFFUSERS_DIR)
-
 
 # ---- SVDFace: the AutoencoderKLTemporalDecoder interface -------------------------------------------
 
 
 @pytest.mark.parametrize("source", [DIFFUSERS_DIR, FIXTURES / "svd_vae_tiny_original.safetensors"])
-def test_svd_face_reproduces_the_diffusers_fixtures(source, io):
+def test_svd_face_reproduces_the_diffusers_fixtures(source, svd_io):
     face = SVDFace(videovae.load(source))
-    posterior = face.encode(io["input"]).latent_dist  # (B*T, C, H, W) folded frames
-    torch.testing.assert_close(posterior.mean, io["latent_mean"], atol=ATOL, rtol=0)
-    torch.testing.assert_close(posterior.logvar, io["latent_logvar"], atol=ATOL, rtol=0)
+    posterior = face.encode(svd_io["input"]).latent_dist  # (B*T, C, H, W) folded frames
+    torch.testing.assert_close(posterior.mean, svd_io["latent_mean"], atol=ATOL, rtol=0)
+    torch.testing.assert_close(posterior.logvar, svd_io["latent_logvar"], atol=ATOL, rtol=0)
     assert torch.equal(posterior.mode(), posterior.mean)
     torch.testing.assert_close(posterior.std, torch.exp(0.5 * posterior.logvar))
-    decoded = face.decode(io["latent_mean"], num_frames=3).sample
-    torch.testing.assert_close(decoded, io["decoded"], atol=ATOL, rtol=0)
+    decoded = face.decode(svd_io["latent_mean"], num_frames=3).sample
+    torch.testing.assert_close(decoded, svd_io["decoded"], atol=ATOL, rtol=0)
     # StableVideoDiffusionPipeline.decode_latents with decode_chunk_size=2: slices [0:2] and [2:3]
-    z = io["latent_mean"]
+    z = svd_io["latent_mean"]
     chunks = [face.decode(z[i : i + 2], num_frames=z[i : i + 2].shape[0]).sample for i in range(0, 3, 2)]
-    torch.testing.assert_close(torch.cat(chunks), io["decoded_chunked_2_1"], atol=ATOL, rtol=0)
+    torch.testing.assert_close(torch.cat(chunks), svd_io["decoded_chunked_2_1"], atol=ATOL, rtol=0)
 
 
-def test_svd_face_has_what_the_pipeline_reads(svd, io):
+def test_svd_face_has_what_the_pipeline_reads(svd, svd_io):
     face = SVDFace(svd)
     assert "num_frames" in inspect.signature(face.forward).parameters
     config = face.config
@@ -67,48 +57,48 @@ def test_svd_face_has_what_the_pipeline_reads(svd, io):
     assert (face.dtype, face.device.type) == (torch.float32, "cpu")
     assert [p.data_ptr() for p in face.parameters()] == [p.data_ptr() for p in svd.parameters()]  # shared weights
 
-    out = face(io["input"], num_frames=3)
-    torch.testing.assert_close(out.sample, io["decoded"], atol=ATOL, rtol=0)
-    (sample,) = face(io["input"], num_frames=3, return_dict=False)
+    out = face(svd_io["input"], num_frames=3)
+    torch.testing.assert_close(out.sample, svd_io["decoded"], atol=ATOL, rtol=0)
+    (sample,) = face(svd_io["input"], num_frames=3, return_dict=False)
     assert torch.equal(sample, out.sample)
-    (dist,) = face.encode(io["input"], return_dict=False)
-    (frames,) = face.decode(io["latent_mean"], num_frames=3, return_dict=False)
-    torch.testing.assert_close(frames, io["decoded"], atol=ATOL, rtol=0)
+    (dist,) = face.encode(svd_io["input"], return_dict=False)
+    (frames,) = face.decode(svd_io["latent_mean"], num_frames=3, return_dict=False)
+    torch.testing.assert_close(frames, svd_io["decoded"], atol=ATOL, rtol=0)
     a = dist.sample(torch.Generator().manual_seed(3))
     b = dist.sample(torch.Generator().manual_seed(3))
     assert torch.equal(a, b) and (a - dist.mean).abs().max() > 0 and dist.kl().shape == (3,)
 
     with pytest.raises(VideoLayoutError, match=r"\(N, C, H, W\)"):
-        face.encode(io["input"].unsqueeze(0))
+        face.encode(svd_io["input"].unsqueeze(0))
     with pytest.raises(VideoLayoutError, match="num_frames=2"):
-        face.decode(io["latent_mean"], num_frames=2)
+        face.decode(svd_io["latent_mean"], num_frames=2)
 
 
-def test_a_half_precision_face_takes_float32_latents(io):
+def test_a_half_precision_face_takes_float32_latents(svd_io):
     face = SVDFace(videovae.load(DIFFUSERS_DIR, dtype=torch.float16))
-    decoded = face.decode(io["latent_mean"], num_frames=3).sample  # fp32 latents, fp16 weights
+    decoded = face.decode(svd_io["latent_mean"], num_frames=3).sample  # fp32 latents, fp16 weights
     assert decoded.dtype == torch.float32 and face.dtype == torch.float16
-    assert (decoded - io["decoded"]).abs().max() < 2e-2
+    assert (decoded - svd_io["decoded"]).abs().max() < 2e-2
     face.to(dtype=torch.float32)  # what the pipeline does for force_upcast
     assert face.dtype == torch.float32
-    upcast = face.decode(io["latent_mean"], num_frames=3).sample  # fp16-rounded weights, fp32 compute
-    assert upcast.dtype == torch.float32 and (upcast - io["decoded"]).abs().max() < 1e-2
+    upcast = face.decode(svd_io["latent_mean"], num_frames=3).sample  # fp16-rounded weights, fp32 compute
+    assert upcast.dtype == torch.float32 and (upcast - svd_io["decoded"]).abs().max() < 1e-2
 
 
 # ---- VideoFace: the 5D interface -------------------------------------------------------------------
 
 
-def test_video_face_over_svd(svd, io):
+def test_video_face_over_svd(svd, svd_io):
     face = VideoFace(svd)
     assert (face.temporal_compression_ratio, face.spatial_compression_ratio) == (1, 2)
     assert (face.config.temporal_compression_ratio, face.config.spatial_compression_ratio) == (1, 2)
-    video = io["input"].unsqueeze(0).transpose(1, 2)  # (B=1, C, T=3, H, W)
+    video = svd_io["input"].unsqueeze(0).transpose(1, 2)  # (B=1, C, T=3, H, W)
     posterior = face.encode(video).latent_dist
     assert posterior.mean.shape == (1, 4, 3, 32, 32)
-    torch.testing.assert_close(posterior.mean[0].transpose(0, 1), io["latent_mean"], atol=ATOL, rtol=0)
+    torch.testing.assert_close(posterior.mean[0].transpose(0, 1), svd_io["latent_mean"], atol=ATOL, rtol=0)
     decoded = face.decode(posterior.mean, return_dict=False)[0]
     assert decoded.shape == (1, 3, 3, 64, 64)
-    torch.testing.assert_close(decoded[0].transpose(0, 1), io["decoded"], atol=ATOL, rtol=0)
+    torch.testing.assert_close(decoded[0].transpose(0, 1), svd_io["decoded"], atol=ATOL, rtol=0)
 
     # slicing: one batch element at a time, same result
     two = torch.cat([posterior.mean, posterior.mean.flip(2)])
@@ -122,7 +112,7 @@ def test_video_face_over_svd(svd, io):
     assert TILING_NOT_IMPLEMENTED == "spatial tiling is not implemented yet (videovae issue: tiling)"
     face.disable_tiling()
     with pytest.raises(VideoLayoutError, match=r"\(B, C, T, H, W\)"):
-        face.encode(io["input"])
+        face.encode(svd_io["input"])
 
 
 @pytest.fixture(scope="module")

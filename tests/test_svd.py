@@ -25,15 +25,6 @@ ORIGINAL = FIXTURES / "svd_vae_tiny_original.safetensors"
 ATOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def io() -> dict[str, torch.Tensor]:
-    return load_file(FIXTURES / "svd_vae_tiny_io.safetensors")
-
-
-@pytest.fixture(scope="module")
-def svd() -> videovae.VideoVAE:
-    return videovae.load(DIFFUSERS_DIR)
-
 
 def smooth_video(frames: int = 16, size: int = 32) -> torch.Tensor:
     """(1, T, 3, H, W) in [-1, 1]: moving sinusoids, so neighbouring frames are alike."""
@@ -60,19 +51,19 @@ LAYOUTS = {
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_every_layout_loads_and_matches_the_fixtures(layout, tmp_path, io):
+def test_every_layout_loads_and_matches_the_fixtures(layout, tmp_path, svd_io):
     vae = videovae.load(LAYOUTS[layout](tmp_path), dtype=torch.float32)
     assert (vae.family, vae.version, vae.latent_channels) == ("svd", None, 4)
     assert (vae.spatial_compression, vae.temporal_compression, vae.frames_per_chunk) == (2, 1, None)
     assert vae.config.block_out_channels == (32, 64) and vae.config.scaling_factor == 0.18215
-    video = io["input"].unsqueeze(0)  # (B=1, T=3, C, H, W)
+    video = svd_io["input"].unsqueeze(0)  # (B=1, T=3, C, H, W)
     posterior = vae.encode(video)
     assert posterior.mean.shape == (1, 3, 4, 32, 32)
-    torch.testing.assert_close(posterior.mean[0], io["latent_mean"], atol=ATOL, rtol=0)
-    torch.testing.assert_close(posterior.logvar[0], io["latent_logvar"], atol=ATOL, rtol=0)
+    torch.testing.assert_close(posterior.mean[0], svd_io["latent_mean"], atol=ATOL, rtol=0)
+    torch.testing.assert_close(posterior.logvar[0], svd_io["latent_logvar"], atol=ATOL, rtol=0)
     decoded = vae.decode(posterior.mode())
     assert decoded.shape == (1, 3, 3, 64, 64)
-    torch.testing.assert_close(decoded[0], io["decoded"], atol=ATOL, rtol=0)
+    torch.testing.assert_close(decoded[0], svd_io["decoded"], atol=ATOL, rtol=0)
 
 
 def test_config_json_supplies_what_the_weights_do_not_hold(tmp_path):
@@ -99,7 +90,7 @@ def test_a_config_json_that_contradicts_the_weights_is_refused(tmp_path):
         videovae.load(weights)
 
 
-def test_a_full_original_checkpoint_loads_only_its_vae(tmp_path, io):
+def test_a_full_original_checkpoint_loads_only_its_vae(tmp_path, svd_io):
     state = load_file(ORIGINAL)
     state["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(32, 8, 3, 3, dtype=torch.float16)
     state["conditioner.embedders.0.open_clip.model.proj"] = torch.zeros(4, 4, dtype=torch.float16)
@@ -107,8 +98,8 @@ def test_a_full_original_checkpoint_loads_only_its_vae(tmp_path, io):
     save_file(state, str(path))
     vae = videovae.load(path)
     assert vae.dtype == torch.float32  # the VAE's tensors decide, not the UNet's
-    decoded = vae.decode(io["latent_mean"].unsqueeze(0))
-    torch.testing.assert_close(decoded[0], io["decoded"], atol=ATOL, rtol=0)
+    decoded = vae.decode(svd_io["latent_mean"].unsqueeze(0))
+    torch.testing.assert_close(decoded[0], svd_io["decoded"], atol=ATOL, rtol=0)
 
 
 def test_folder_and_file_errors_are_clear(tmp_path):
@@ -180,11 +171,11 @@ def test_window_plans():
     assert crossfade_weights(5, 2, 1).tolist() == pytest.approx([1 / 3, 2 / 3, 1, 1, 0.5])
 
 
-def test_plain_chunks_reproduce_the_pipeline_chunks(svd, io):
-    z = io["latent_mean"].unsqueeze(0)
+def test_plain_chunks_reproduce_the_pipeline_chunks(svd, svd_io):
+    z = svd_io["latent_mean"].unsqueeze(0)
     chunked = svd.decode(z, chunk_frames=2)  # windows [0:2], [2:3]: decode_chunk_size=2
-    torch.testing.assert_close(chunked[0], io["decoded_chunked_2_1"], atol=ATOL, rtol=0)
-    torch.testing.assert_close(svd.decode(z, chunk_frames=3)[0], io["decoded"], atol=ATOL, rtol=0)
+    torch.testing.assert_close(chunked[0], svd_io["decoded_chunked_2_1"], atol=ATOL, rtol=0)
+    torch.testing.assert_close(svd.decode(z, chunk_frames=3)[0], svd_io["decoded"], atol=ATOL, rtol=0)
 
 
 def seam_errors(vae, frames: int = 12, size: int = 24, chunk: int = 6, overlap: int = 2) -> dict[str, float]:
@@ -267,14 +258,14 @@ def assert_same_file_dict(got: dict[str, torch.Tensor], want: dict[str, torch.Te
     assert [k for k in want if got[k].dtype != want[k].dtype or not torch.equal(got[k], want[k])] == []
 
 
-def test_conversion_to_a_diffusers_folder_loads_in_diffusers(tmp_path, io):
+def test_conversion_to_a_diffusers_folder_loads_in_diffusers(tmp_path, svd_io):
     diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed")
     convert_svd_checkpoint(ORIGINAL, tmp_path / "vae", "diffusers")
     assert json.loads((tmp_path / "vae" / "config.json").read_text())["_class_name"] == "AutoencoderKLTemporalDecoder"
     reference = diffusers.AutoencoderKLTemporalDecoder.from_pretrained(tmp_path / "vae").eval()
     with torch.no_grad():
-        decoded = reference.decode(io["latent_mean"], num_frames=3).sample
-    torch.testing.assert_close(decoded, io["decoded"], atol=ATOL, rtol=0)
+        decoded = reference.decode(svd_io["latent_mean"], num_frames=3).sample
+    torch.testing.assert_close(decoded, svd_io["decoded"], atol=ATOL, rtol=0)
     assert videovae.load(tmp_path / "vae").family == "svd"
 
 
