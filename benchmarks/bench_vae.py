@@ -7,7 +7,8 @@ of encode and of decode, after one warm-up (which also compiles, for --compiled)
 FLOPs are counted once per (version, size) with torch.utils.flop_counter on the meta device, for the
 plain computation (upsample then convolve, as the reference does): "GFLOP/s" is those model FLOPs
 over our time, so paths that skip work (the decoder's upsampling convs by phase) show as faster
-rather than as doing less. The single-conv baseline is one 3x3x3 Conv3d (256 -> 256 on
+rather than as doing less (likewise the Winograd-in-time convs; `--convs plain` turns both off and
+measures the reference's computation in the same run). The single-conv baseline is one 3x3x3 Conv3d (256 -> 256 on
 1x256x19x48x48) timed in the same run, per dtype and layout: "share" = achieved / that.
 
     python benchmarks/bench_vae.py                                    # v2 fp32 eager, 17x128x128, 34x128x128
@@ -30,7 +31,7 @@ RESULTS = Path(__file__).parent / "results"
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
-def build_vae(version: int, dtype: str, layout: str):
+def build_vae(version: int, dtype: str, layout: str, convs: str = "fast"):
     import torch
 
     from videovae.api import VideoVAE
@@ -42,6 +43,8 @@ def build_vae(version: int, dtype: str, layout: str):
     with torch.no_grad():  # smaller random weights keep activations in range through the deep stack
         for p in model.parameters():
             p.mul_(0.5)
+    if convs == "plain":  # the reference's computation: upsample then conv, 3 frame-convs per output
+        model.upsample_by_phases(False).winograd_in_time(False)
     vae = VideoVAE(model.to(getattr(torch, DTYPES[dtype])))
     return vae.to_channels_last() if layout == "channels_last" else vae
 
@@ -55,7 +58,7 @@ def count_flops(version: int, frames: int, height: int, width: int) -> dict:
 
     config = stepvideo.stepvideo_v1_config() if version == 1 else stepvideo.stepvideo_v2_config()
     with torch.device("meta"):
-        model = stepvideo.StepVideoVAE(config).upsample_by_phases(False)
+        model = stepvideo.StepVideoVAE(config).upsample_by_phases(False).winograd_in_time(False)
     layout = config.frame_layout
     counts = {}
     with torch.no_grad():
@@ -94,14 +97,14 @@ def single_conv_gflops(dtype: str, layout: str, repeats: int = 3) -> float:
 
 
 def run_case(version: int, frames: int, height: int, width: int, dtype: str, layout: str, mode: str,
-             repeats: int, threads: int) -> dict:
+             convs: str, repeats: int, threads: int) -> dict:
     """Runs inside the worker process."""
     import resource
 
     import torch
 
     torch.set_num_threads(threads)
-    vae = build_vae(version, dtype, layout)
+    vae = build_vae(version, dtype, layout, convs)
     if mode == "compiled":
         vae.compile_chunks()
     video = torch.rand(1, frames, 3, height, width) * 2 - 1
@@ -121,7 +124,7 @@ def run_case(version: int, frames: int, height: int, width: int, dtype: str, lay
     assert out.shape == video.shape
     return {
         "version": version, "frames": frames, "height": height, "width": width, "dtype": dtype,
-        "layout": layout, "mode": mode, "threads": threads, "repeats": repeats,
+        "layout": layout, "mode": mode, "convs": convs, "threads": threads, "repeats": repeats,
         "encode_s": statistics.median(encode_s), "decode_s": statistics.median(decode_s),
         "encode_runs_s": encode_s, "decode_runs_s": decode_s, "warmup_s": warmup_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -150,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtypes", nargs="+", default=["fp32"], choices=sorted(DTYPES))
     parser.add_argument("--layouts", nargs="+", default=["contiguous"], choices=("contiguous", "channels_last"))
     parser.add_argument("--modes", nargs="+", default=["eager"], choices=("eager", "compiled"))
+    parser.add_argument("--convs", nargs="+", default=["fast"], choices=("fast", "plain"),
+                        help="fast: phase-split upsampling and Winograd-in-time convs (default); plain: neither")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_vae.json")
@@ -165,27 +170,28 @@ def main(argv: list[str] | None = None) -> int:
     for version, (T, H, W) in itertools.product(args.versions, sizes):
         flops[(version, T, H, W)] = spawn("flops", dict(version=version, frames=T, height=H, width=W))
     rows = []
-    for version, (T, H, W), dtype, layout, mode in itertools.product(args.versions, sizes, args.dtypes, args.layouts, args.modes):
+    grid = itertools.product(args.versions, sizes, args.dtypes, args.layouts, args.modes, args.convs)
+    for version, (T, H, W), dtype, layout, mode, convs in grid:
         case = dict(version=version, frames=T, height=H, width=W, dtype=dtype, layout=layout, mode=mode,
-                    repeats=args.repeats, threads=args.threads)
+                    convs=convs, repeats=args.repeats, threads=args.threads)
         r = spawn("case", case)
         f = flops[(version, T, H, W)]
         r["encode_tflop"], r["decode_tflop"] = f["encode"] / 1e12, f["decode"] / 1e12
         r["encode_gflops"] = f["encode"] / r["encode_s"] / 1e9
         r["decode_gflops"] = f["decode"] / r["decode_s"] / 1e9
         rows.append(r)
-        print(f"v{version} {T}x{H}x{W} {dtype} {layout} {mode}: encode {r['encode_s']:.2f}s "
+        print(f"v{version} {T}x{H}x{W} {dtype} {layout} {mode} {convs}: encode {r['encode_s']:.2f}s "
               f"({r['encode_gflops']:.0f} GFLOP/s) decode {r['decode_s']:.2f}s ({r['decode_gflops']:.0f} GFLOP/s) "
               f"peak {r['peak_rss_mb']:.0f} MB", flush=True)
 
     table = [
-        "| model | T x H x W | dtype | layout | mode | encode s | encode GFLOP/s (share) | decode s | decode GFLOP/s (share) | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | T x H x W | dtype | layout | mode | convs | encode s | encode GFLOP/s (share) | decode s | decode GFLOP/s (share) | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         conv = r["single_conv_gflops"]
         table.append(
-            f"| Step-Video v{r['version']} | {r['frames']}x{r['height']}x{r['width']} | {r['dtype']} | {r['layout']} | {r['mode']} | "
+            f"| Step-Video v{r['version']} | {r['frames']}x{r['height']}x{r['width']} | {r['dtype']} | {r['layout']} | {r['mode']} | {r['convs']} | "
             f"{r['encode_s']:.2f} | {r['encode_gflops']:.0f} ({r['encode_gflops'] / conv:.0%}) | "
             f"{r['decode_s']:.2f} | {r['decode_gflops']:.0f} ({r['decode_gflops'] / conv:.0%}) | {r['peak_rss_mb']:.0f} |"
         )

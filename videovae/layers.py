@@ -7,6 +7,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from videovae import winograd
 from videovae_kernels import group_norm
 
 
@@ -57,13 +58,16 @@ class CausalConv3d(nn.Module):
 
     Time is zero-padded at the front by (kernel_t - 1) frames; H and W are zero-padded symmetrically
     by the conv itself. `forward(x, padded=True)` takes an input whose front padding is already in
-    place (written by a fused norm with `front_pad`), so no pad copy is made.
+    place (written by a fused norm with `front_pad`), so no pad copy is made. The front frames are
+    always zeros: large float32 3x3x3 convs use that, and Winograd tiles along time
+    (`videovae.winograd`), unless `winograd` is set to False.
     Parameters live in `.conv` (checkpoint keys `<name>.conv.weight`, `<name>.conv.bias`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1):
         super().__init__()
         self.time_pad = kernel_size - 1
+        self.winograd = True
         self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride, padding=(0, kernel_size // 2, kernel_size // 2))
 
     def forward(self, x: Tensor, *, padded: bool = False, residual: Tensor | None = None) -> Tensor:
@@ -72,6 +76,8 @@ class CausalConv3d(nn.Module):
             x = pad_time_front(x, self.time_pad)
         if _weight_bound(self.conv, x):
             out = conv3d_as_matmul(F.pad(x, (1, 1, 1, 1)) if self.conv.padding[1] else x, self.conv.weight, self.conv.bias)
+        elif self.winograd and winograd.worth_it(x, self.conv.weight, self.conv.stride):
+            return winograd.causal_conv3d_winograd(x, self.conv.weight, self.conv.bias, residual)
         else:
             out = self.conv(x)
         if residual is not None:
