@@ -7,8 +7,19 @@ import torch.nn.functional as F
 
 import videovae
 from conftest import stepvideo_io, stepvideo_weights
-from videovae.layers import add_upsampled_, upsample2x_conv
+from videovae.layers import add_upsampled_, conv_per_frame, upsample2x_conv
 from videovae_kernels.group_norm_torch import group_norm_cpu, group_norm_functional, group_norm_torch
+
+
+@pytest.mark.parametrize("frames", [1, 3])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_per_frame_equals_a_one_tap_conv3d(frames, stride):
+    """One frame goes through conv2d (PyTorch's one-frame conv3d is its slow reference kernel)."""
+    conv = torch.nn.Conv2d(6, 4, 3, stride=stride)
+    x = torch.randn(2, 6, frames, 9, 8)
+    with torch.no_grad():
+        expected = F.conv3d(x, conv.weight.unsqueeze(2), conv.bias, stride=(1, stride, stride), padding=(0, 1, 1))
+        assert torch.allclose(conv_per_frame(x, conv, padding=(1, 1)), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(1, 4, 3, 5, 6), (2, 3, 1, 7, 4), (1, 8, 2, 1, 1)])

@@ -131,3 +131,13 @@ def test_model_with_winograd_matches_plain_convs():
     assert (moments - plain_moments).abs().max() < 1e-4
     assert (decoded - plain_decoded).abs().max() < 1e-4
     assert not torch.equal(decoded, plain_decoded), "the Winograd path was not taken"
+
+
+def test_one_frame_convs_match_conv3d():
+    """Tiles of one frame (and output 0) go through conv2d; results must not change."""
+    xp = padded_input((1, 8, 7, 5, 6))  # T = 5: output 0, then one F(4, 3) tile (one frame per product)
+    weight = torch.randn(3, 8, 3, 3, 3, dtype=torch.float64)
+    assert winograd.plan_time_tiles(5).segments == ((1, 4, 1),)
+    assert (winograd.causal_conv3d_winograd(xp, weight, None) - plain_causal_conv(xp, weight, None)).abs().max() < 1e-11
+    kernel = weight[:, :, :1]
+    assert torch.allclose(winograd.frame_conv(xp[:, :, 3:4], kernel, None), F.conv3d(xp[:, :, 3:4], kernel, padding=(0, 1, 1)))

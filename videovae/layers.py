@@ -121,7 +121,12 @@ def conv3d_as_matmul(xp: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 
 def conv_per_frame(x: Tensor, conv: nn.Conv2d, padding: tuple[int, int] = (0, 0)) -> Tensor:
-    """Apply a 2D conv to every frame of x: (B, C, T, H, W), as a (1, kh, kw) 3D conv (no fold copy)."""
+    """Apply a 2D conv to every frame of x: (B, C, T, H, W), as a (1, kh, kw) 3D conv (no fold copy).
+
+    A single frame goes through conv2d: PyTorch runs a one-frame conv3d with its slow reference
+    kernel on CPU."""
+    if x.shape[2] == 1:
+        return F.conv2d(x[:, :, 0], conv.weight, conv.bias, stride=conv.stride, padding=padding).unsqueeze(2)
     weight = conv.weight.unsqueeze(2)  # (C_out, C_in, 1, kh, kw)
     return F.conv3d(x, weight, conv.bias, stride=(1, *conv.stride), padding=(0, *padding))
 
