@@ -141,3 +141,13 @@ def test_one_frame_convs_match_conv3d():
     assert (winograd.causal_conv3d_winograd(xp, weight, None) - plain_causal_conv(xp, weight, None)).abs().max() < 1e-11
     kernel = weight[:, :, :1]
     assert torch.allclose(winograd.frame_conv(xp[:, :, 3:4], kernel, None), F.conv3d(xp[:, :, 3:4], kernel, padding=(0, 1, 1)))
+
+
+def test_training_falls_back_to_the_plain_conv():
+    """Autograd cannot go through the transforms' out= writes: with gradients on, the plain conv runs."""
+    conv = CausalConv3d(64, 64)
+    x = padded_input((1, 64, 19, 16, 16), dtype=torch.float32)[:, :, 2:]
+    assert winograd.worth_it(F.pad(x, (0, 0, 0, 0, 2, 0)), conv.conv.weight.detach(), (1, 1, 1))
+    out = conv(x)
+    out.square().mean().backward()
+    assert conv.conv.weight.grad is not None and conv.conv.weight.grad.abs().sum() > 0

@@ -15,8 +15,8 @@ zeros). F(4, 3) over a 17-frame chunk: 1 + 4 x 6 = 25 frame-convs instead of 51.
 The transforms are exact in exact arithmetic; in float32 the error is a few 1e-6 on unit-scale
 outputs (see tests/test_winograd.py). They cost memory traffic (the B^T d frames, the m + 2 conv
 outputs and the weight combinations), so the dispatch (`worth_it`) keeps this path to float32 and
-float64 convs that are large in channels and positions, on CPU: cuDNN has its own algorithms, and
-16-bit formats would lose precision in the combinations.
+float64 convs that are large in channels and positions, on CPU, without autograd: cuDNN has its
+own algorithms, and 16-bit formats would lose precision in the combinations.
 """
 
 from __future__ import annotations
@@ -126,8 +126,10 @@ def worth_it(x: Tensor, weight: Tensor, stride: tuple[int, ...]) -> bool:
     traffic in proportion to C_in + C_out per position, the saved frame-convs C_in * C_out; the weight
     combinations cost C_in * C_out regardless of positions. Below these sizes the plain conv wins.
     """
-    if x.is_cuda or x.dtype not in (torch.float32, torch.float64) or torch.compiler.is_compiling():
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or torch.compiler.is_compiling():
         return False
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return False  # the transforms write into preallocated buffers (out=), which autograd refuses
     if tuple(weight.shape[2:]) != (3, 3, 3) or tuple(stride) != (1, 1, 1):
         return False
     C_out, C_in = weight.shape[:2]
@@ -146,7 +148,8 @@ def causal_conv3d_winograd(xp: Tensor, weight: Tensor, bias: Tensor | None, resi
     B, _, Tp, H, W = xp.shape
     T = Tp - 2
     C_out = weight.shape[0]
-    fmt = torch.channels_last_3d if not xp.is_contiguous() and xp.is_contiguous(memory_format=torch.channels_last_3d) else torch.contiguous_format
+    channels_last = not xp.is_contiguous() and xp.is_contiguous(memory_format=torch.channels_last_3d)
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
     out = torch.empty((B, C_out, T, H, W), dtype=xp.dtype, device=xp.device, memory_format=fmt)
     tiling = plan_time_tiles(T)
     if tiling.head:  # output 0 = tap 2 on input frame 0 (padded frame 2); taps 0 and 1 read zeros
@@ -179,8 +182,9 @@ def _tiles(xp: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | N
     bias_at = next(i for i in range(a) if all(row[i] == 1 for row in AT))
     products = []
     for i in range(a):
-        frames = _combine(BT[i], d, torch.empty((B, C_in, n, H, W), dtype=xp.dtype, device=xp.device, memory_format=fmt))
-        kernel = _combine(G[i], taps, weight.new_empty(taps[0].shape))
+        frames = torch.empty((B, C_in, n, H, W), dtype=xp.dtype, device=xp.device, memory_format=fmt)
+        frames = _combine(BT[i], d, frames)  # (B, C_in, n, H, W): B^T row i over every tile
+        kernel = _combine(G[i], taps, weight.new_empty(taps[0].shape))  # (C_out, C_in, 1, 3, 3)
         products.append(frame_conv(frames, kernel, bias if i == bias_at else None))
         del frames, kernel
     for r in range(m):
