@@ -151,3 +151,18 @@ def test_training_falls_back_to_the_plain_conv():
     out = conv(x)
     out.square().mean().backward()
     assert conv.conv.weight.grad is not None and conv.conv.weight.grad.abs().sum() > 0
+
+
+def test_compiles_without_graph_breaks_and_keeps_the_winograd_path():
+    """Under torch.compile the same sums run in a functional form (dynamo refuses out= into views)."""
+    torch._dynamo.reset()
+    conv = CausalConv3d(64, 64).eval().requires_grad_(False)
+    x = padded_input((1, 64, 19, 16, 16), dtype=torch.float32)[:, :, 2:]
+    with torch.no_grad():
+        eager = conv(x)
+        compiled = torch.compile(conv, backend="aot_eager", fullgraph=True)(x)
+        conv.winograd = False
+        plain = conv(x)
+    assert compiled.shape == eager.shape
+    assert (compiled - eager).abs().max() < 1e-5 * plain.abs().max()
+    assert not torch.equal(compiled, plain), "compiled code fell back to the plain conv"

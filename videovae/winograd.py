@@ -15,7 +15,8 @@ zeros). F(4, 3) over a 17-frame chunk: 1 + 4 x 6 = 25 frame-convs instead of 51.
 The transforms are exact in exact arithmetic; in float32 the error is a few 1e-6 on unit-scale
 outputs (see tests/test_winograd.py). They cost memory traffic (the B^T d frames, the m + 2 conv
 outputs and the weight combinations), so the dispatch (`worth_it`) keeps this path to float32 and
-float64 convs that are large in channels and positions, on CPU, without autograd: cuDNN has its
+float64 convs that are large in channels and positions, on CPU, without autograd (under
+torch.compile, a functional form of the same sums that Inductor fuses): cuDNN has its
 own algorithms, and 16-bit formats would lose precision in the combinations.
 """
 
@@ -27,6 +28,7 @@ from fractions import Fraction
 from types import MappingProxyType
 
 import torch
+from einops import rearrange
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -126,7 +128,7 @@ def worth_it(x: Tensor, weight: Tensor, stride: tuple[int, ...]) -> bool:
     traffic in proportion to C_in + C_out per position, the saved frame-convs C_in * C_out; the weight
     combinations cost C_in * C_out regardless of positions. Below these sizes the plain conv wins.
     """
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or torch.compiler.is_compiling():
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return False
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return False  # the transforms write into preallocated buffers (out=), which autograd refuses
@@ -152,6 +154,10 @@ def causal_conv3d_winograd(xp: Tensor, weight: Tensor, bias: Tensor | None, resi
     fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
     out = torch.empty((B, C_out, T, H, W), dtype=xp.dtype, device=xp.device, memory_format=fmt)
     tiling = plan_time_tiles(T)
+    if torch.compiler.is_compiling():  # dynamo refuses out= into strided views: the same sums, functional
+        y = torch.cat(_pieces_functional(xp, weight, bias, tiling), dim=2)
+        y = y if residual is None else y + residual
+        return y.contiguous(memory_format=fmt)
     if tiling.head:  # output 0 = tap 2 on input frame 0 (padded frame 2); taps 0 and 1 read zeros
         first = frame_conv(xp[:, :, 2:3], weight[:, :, 2:3], bias)
         if residual is not None:
@@ -175,11 +181,7 @@ def _tiles(xp: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | N
         return
     AT, G, BT = TRANSFORMS[m]
     a = m + 2
-    # d[k]: (B, C_in, n, H, W) views, frame k of every tile
-    d = [xp[:, :, start + k : start + k + m * (n - 1) + 1 : m] for k in range(a)]
-    taps = [weight[:, :, k : k + 1] for k in range(3)]  # (C_out, C_in, 1, 3, 3) each
-    # The bias goes to the product at point 1, which every output row of A^T sums with weight 1.
-    bias_at = next(i for i in range(a) if all(row[i] == 1 for row in AT))
+    d, taps, bias_at = _tile_operands(xp, weight, start, m, n)
     products = []
     for i in range(a):
         frames = torch.empty((B, C_in, n, H, W), dtype=xp.dtype, device=xp.device, memory_format=fmt)
@@ -194,6 +196,40 @@ def _tiles(xp: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | N
             coefficients = [Fraction(1)] + coefficients
             terms = [residual[:, :, start + r : start + r + m * (n - 1) + 1 : m]] + products
         _combine(coefficients, terms, rows)
+
+
+def _tile_operands(xp: Tensor, weight: Tensor, start: int, m: int, n: int) -> tuple[list[Tensor], list[Tensor], int]:
+    """d[k]: (B, C_in, n, H, W) views, padded frame start + m * j + k of every tile j (k < m + 2);
+    taps[k]: (C_out, C_in, 1, 3, 3) views of the weight's time tap k; bias_at: the product that
+    carries the bias (point 1, which every output row of A^T sums with weight 1)."""
+    d = [xp[:, :, start + k : start + k + m * (n - 1) + 1 : m] for k in range(m + 2)]
+    taps = [weight[:, :, k : k + 1] for k in range(3)]
+    AT = TRANSFORMS[m][0]
+    bias_at = next(i for i in range(m + 2) if all(row[i] == 1 for row in AT))
+    return d, taps, bias_at
+
+
+def _pieces_functional(xp: Tensor, weight: Tensor, bias: Tensor | None, tiling: TimeTiling) -> list[Tensor]:
+    """The Winograd computation without writes into views (for torch.compile, which fuses the sums):
+    the output in consecutive pieces along time, each (B, C_out, frames, H, W)."""
+    pieces = [frame_conv(xp[:, :, 2:3], weight[:, :, 2:3], bias)] if tiling.head else []
+    for start, m, n in tiling.segments:
+        if m == 1:
+            pieces.append(F.conv3d(xp[:, :, start : start + 3], weight, bias, padding=(0, 1, 1)))
+            continue
+        AT, G, BT = TRANSFORMS[m]
+        d, taps, bias_at = _tile_operands(xp, weight, start, m, n)
+        products = [
+            frame_conv(_linear(BT[i], d), _linear(G[i], taps), bias if i == bias_at else None) for i in range(m + 2)
+        ]
+        rows = [_linear(AT[r], products) for r in range(m)]  # row r: output frames start + m * j + r
+        pieces.append(rearrange(torch.stack(rows), "r b c n h w -> b c (n r) h w"))
+    return pieces
+
+
+def _linear(coefficients, terms: list[Tensor]) -> Tensor:
+    """sum_k coefficients[k] * terms[k], as a new tensor."""
+    return sum(float(c) * t for c, t in zip(coefficients, terms) if c != 0)
 
 
 def frame_conv(x: Tensor, kernel: Tensor, bias: Tensor | None) -> Tensor:
