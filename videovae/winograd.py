@@ -152,12 +152,12 @@ def causal_conv3d_winograd(xp: Tensor, weight: Tensor, bias: Tensor | None, resi
     C_out = weight.shape[0]
     channels_last = not xp.is_contiguous() and xp.is_contiguous(memory_format=torch.channels_last_3d)
     fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
-    out = torch.empty((B, C_out, T, H, W), dtype=xp.dtype, device=xp.device, memory_format=fmt)
     tiling = plan_time_tiles(T)
     if torch.compiler.is_compiling():  # dynamo refuses out= into strided views: the same sums, functional
         y = torch.cat(_pieces_functional(xp, weight, bias, tiling), dim=2)
         y = y if residual is None else y + residual
         return y.contiguous(memory_format=fmt)
+    out = torch.empty((B, C_out, T, H, W), dtype=xp.dtype, device=xp.device, memory_format=fmt)
     if tiling.head:  # output 0 = tap 2 on input frame 0 (padded frame 2); taps 0 and 1 read zeros
         first = frame_conv(xp[:, :, 2:3], weight[:, :, 2:3], bias)
         if residual is not None:
