@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .errors import FramePolicyError
+from .errors import FramePolicyError, OptionError
 
 PolicyName = Literal["pad", "trim", "strict"]
 POLICY_NAMES: tuple[str, ...] = ("pad", "trim", "strict")
@@ -286,9 +286,9 @@ def rechunk(pieces: Iterable[Tensor], size: int | None, dim: int = 1) -> Iterato
 
 def _check_overlap(chunk: int, overlap: int) -> None:
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk_frames must be an int >= 1 (latent frames decoded together); got {chunk!r}")
+        raise OptionError(f"chunk_frames must be an int >= 1 (latent frames decoded together); got {chunk!r}")
     if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap < chunk:
-        raise ValueError(
+        raise OptionError(
             f"overlap must be an int with 0 <= overlap < chunk_frames={chunk} (frames shared by neighbouring "
             f"windows); got {overlap!r}"
         )
@@ -387,7 +387,7 @@ class OverlapBlender:
     def _take(self, stop: int | None) -> Tensor:
         """Finished frames [acc_start, stop) (all held frames for None), normalised; drops them."""
         if self._acc is None:
-            raise ValueError("OverlapBlender: nothing was pushed")
+            raise OptionError("OverlapBlender: nothing was pushed")
         n = self._acc.shape[1] if stop is None else max(stop - self._acc_start, 0)
         w = self._weight[:n].view(1, -1, *([1] * (self._acc.ndim - 2)))
         done = (self._acc[:, :n] / w).to(self._dtype)
@@ -405,7 +405,7 @@ class OverlapBlender:
         last_start, last_frames, last_front = self._last
         last_stop = last_start + last_frames.shape[1]
         if not last_start <= start <= last_stop:
-            raise ValueError(f"OverlapBlender: window at {start} does not follow the window [{last_start}, {last_stop})")
+            raise OptionError(f"OverlapBlender: window at {start} does not follow the window [{last_start}, {last_stop})")
         back = last_stop - start
         self._add(last_start, last_frames, crossfade_weights(last_frames.shape[1], last_front, back))
         self._last = (start, frames, back)
@@ -414,7 +414,7 @@ class OverlapBlender:
     def finish(self) -> Tensor:
         """The remaining frames, up to the end of the last window."""
         if self._last is None:
-            raise ValueError("OverlapBlender: nothing was pushed")
+            raise OptionError("OverlapBlender: nothing was pushed")
         start, frames, front = self._last
         self._add(start, frames, crossfade_weights(frames.shape[1], front, 0))
         done = self._take(None)

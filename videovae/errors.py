@@ -9,6 +9,23 @@ class VideoVAEError(Exception):
     """Base of every error videovae raises on purpose."""
 
 
+class OptionError(VideoVAEError, ValueError):
+    """An argument or option has a value that cannot work (a chunk size, an overlap, a layout name,
+    an fps, a codec); the message names the values that do."""
+
+
+class UsageError(VideoVAEError, TypeError):
+    """The API was called with an argument of the wrong type, or asked to change what is read-only."""
+
+
+class StateError(VideoVAEError, RuntimeError):
+    """An object was used in a state that does not allow it (a closed writer, an empty blender)."""
+
+
+class NotSupportedError(VideoVAEError, NotImplementedError):
+    """The request is valid but this version of videovae does not do it; the message says what does."""
+
+
 class VideoLayoutError(VideoVAEError, ValueError):
     """A video or latent tensor has the wrong rank, layout, channel count or an empty dimension."""
 
@@ -57,3 +74,12 @@ class OutputPathError(VideoVAEError, OSError):
 
 class LatentFileError(VideoVAEError, OSError):
     """A latent file cannot be read: missing, not safetensors, or not written by videovae."""
+
+
+class DatasetError(VideoVAEError, ValueError):
+    """A dataset encoding job cannot start: no inputs, or a bad option."""
+
+
+class DTypeFallbackWarning(UserWarning):
+    """16-bit compute was asked for on a CPU where PyTorch has no fast 16-bit convolution: the model
+    computes in float32 instead (or, for a model cast by hand, will be slow)."""

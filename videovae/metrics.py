@@ -25,7 +25,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .errors import VideoDTypeError, VideoLayoutError
+from .errors import OptionError, UsageError, VideoDTypeError, VideoLayoutError
 
 __all__ = ["RunningMetrics", "mean_psnr", "mean_ssim", "psnr", "ssim"]
 
@@ -38,7 +38,7 @@ SSIM_K2 = 0.03
 def _check_pair(a: torch.Tensor, b: torch.Tensor, name: str) -> None:
     for label, x in (("a", a), ("b", b)):
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name}() takes torch tensors, got {type(x).__name__} for {label}")
+            raise UsageError(f"{name}() takes torch tensors, got {type(x).__name__} for {label}")
         if x.ndim < 3:
             raise VideoLayoutError(
                 f"{name}() takes frames shaped (..., C, H, W) e.g. (B, T, C, H, W) in [-1, 1]; "
@@ -54,7 +54,7 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor, name: str) -> None:
             f"{name}() compares frames of one shape; got {tuple(a.shape)} and {tuple(b.shape)}"
         )
     if a.device != b.device:
-        raise ValueError(f"{name}() got tensors on {a.device} and {b.device}; move both to one device")
+        raise OptionError(f"{name}() got tensors on {a.device} and {b.device}; move both to one device")
 
 
 def _frames(x: torch.Tensor) -> torch.Tensor:

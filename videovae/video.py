@@ -37,11 +37,20 @@ import av
 import av.error
 import numpy as np
 import torch
-from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTrc, VideoReformatter
+from av.video.reformatter import (
+    ColorPrimaries,
+    ColorRange,
+    Colorspace,
+    ColorTrc,
+    VideoReformatter,
+)
 
 from .errors import (
     NonFiniteInputError,
+    OptionError,
     OutputPathError,
+    StateError,
+    UsageError,
     VideoDTypeError,
     VideoFileError,
     VideoFileNotFoundError,
@@ -258,11 +267,11 @@ def read_video(
 
 def _check_read_args(chunk_frames: int, start_frame: int, max_frames: int | None, dtype) -> None:
     if not isinstance(chunk_frames, int) or chunk_frames < 1:
-        raise ValueError(f"chunk_frames must be an int >= 1, got {chunk_frames!r}")
+        raise OptionError(f"chunk_frames must be an int >= 1, got {chunk_frames!r}")
     if not isinstance(start_frame, int) or start_frame < 0:
-        raise ValueError(f"start_frame must be an int >= 0, got {start_frame!r}")
+        raise OptionError(f"start_frame must be an int >= 0, got {start_frame!r}")
     if max_frames is not None and (not isinstance(max_frames, int) or max_frames < 1):
-        raise ValueError(f"max_frames must be None or an int >= 1, got {max_frames!r}")
+        raise OptionError(f"max_frames must be None or an int >= 1, got {max_frames!r}")
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise VideoDTypeError(f"dtype must be a floating torch dtype (e.g. torch.float32), got {dtype!r}")
 
@@ -292,7 +301,7 @@ def _iter_chunks(
     if decoded == 0:
         raise VideoFileError(f"cannot read {str(path)!r}: its video stream has no decodable frames")
     if start_frame >= decoded:
-        raise ValueError(
+        raise OptionError(
             f"start_frame={start_frame} is past the end of {str(path)!r}, which has {decoded} "
             f"frames; use a start_frame below {decoded}"
         )
@@ -379,7 +388,7 @@ class _Encoder:
 def _muxer_for(path: Path) -> str:
     muxer = _MUXERS.get(path.suffix.lower())
     if muxer is None:
-        raise ValueError(
+        raise OptionError(
             f"cannot write {str(path)!r}: unknown video extension {path.suffix!r}; use one of "
             f"{', '.join(sorted(_MUXERS))}"
         )
@@ -400,7 +409,7 @@ def _pick_codec(muxer: str, lossless: bool) -> str:
     for name in candidates:
         if _has_encoder(name):
             return name
-    raise ValueError(
+    raise OptionError(
         f"this av wheel has none of the encoders {', '.join(candidates)} for a "
         f"{'lossless' if lossless else 'lossy'} {muxer} file; pass codec=... or use another extension"
     )
@@ -414,7 +423,7 @@ def _pick_pix_fmt(codec: str, width: int, height: int, lossless: bool) -> str:
         for name in _RGB_PIX_FMTS:
             if name in supported:
                 return name
-        raise ValueError(
+        raise OptionError(
             f"encoder {codec!r} cannot store RGB frames exactly; for lossless output use ffv1 "
             "(.mkv) or libx264rgb (.mp4)"
         )
@@ -425,7 +434,7 @@ def _pick_pix_fmt(codec: str, width: int, height: int, lossless: bool) -> str:
     if "yuv444p" in supported:
         return "yuv444p"
     if not supported:
-        raise ValueError(f"encoder {codec!r} does not list its pixel formats; choose another codec")
+        raise OptionError(f"encoder {codec!r} does not list its pixel formats; choose another codec")
     return supported[0]
 
 
@@ -451,9 +460,9 @@ def _choose_encoder(
 ) -> _Encoder:
     name = codec or _pick_codec(muxer, lossless)
     if not _has_encoder(name):
-        raise ValueError(f"this av wheel has no encoder {name!r}; pass codec=None to pick one")
+        raise OptionError(f"this av wheel has no encoder {name!r}; pass codec=None to pick one")
     if lossless and name not in _INTRINSICALLY_LOSSLESS and name not in _LOSSLESS_OPTIONS:
-        raise ValueError(
+        raise OptionError(
             f"videovae does not know a lossless mode for encoder {name!r}; use ffv1 (.mkv) or "
             "libx264rgb (.mp4)"
         )
@@ -471,14 +480,14 @@ def _as_fps(fps: Fraction | int | float) -> Fraction:
     29.97002997 becomes 30000/1001."""
     rate = Fraction(fps).limit_denominator(1001) if isinstance(fps, float) else Fraction(fps)
     if rate <= 0:
-        raise ValueError(f"fps must be positive, got {fps!r}")
+        raise OptionError(f"fps must be positive, got {fps!r}")
     return rate
 
 
 def _frames_to_uint8(frames: torch.Tensor, width: int, height: int) -> np.ndarray:
     """(1, t, 3, H, W) or (t, 3, H, W) float in [-1, 1] -> (t, H, W, 3) uint8 (clamped, rounded)."""
     if not isinstance(frames, torch.Tensor):
-        raise TypeError(f"write() takes a torch.Tensor, got {type(frames).__name__}")
+        raise UsageError(f"write() takes a torch.Tensor, got {type(frames).__name__}")
     if frames.ndim == 5:
         if frames.shape[0] != 1:
             raise VideoLayoutError(
@@ -538,11 +547,11 @@ class VideoWriter:
         self.path = check_output_path(path)
         muxer = _muxer_for(self.path)
         if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
-            raise ValueError(f"width and height must be positive ints, got {width!r} x {height!r}")
+            raise OptionError(f"width and height must be positive ints, got {width!r} x {height!r}")
         if quality is not None and not (isinstance(quality, int) and 0 <= quality <= 51):
-            raise ValueError(f"quality is CRF-like, an int in 0 (best) .. 51 (worst); got {quality!r}")
+            raise OptionError(f"quality is CRF-like, an int in 0 (best) .. 51 (worst); got {quality!r}")
         if rotation % 90 != 0:
-            raise ValueError(f"rotation must be a multiple of 90 degrees, got {rotation!r}")
+            raise OptionError(f"rotation must be a multiple of 90 degrees, got {rotation!r}")
         self.fps = _as_fps(fps)
         self.width, self.height, self.rotation = width, height, rotation
         self.encoder = _choose_encoder(muxer, width, height, codec, quality, lossless, options)
@@ -562,7 +571,7 @@ class VideoWriter:
         try:
             stream = self._container.add_stream(enc.codec, rate=self.fps, options=dict(enc.options))
         except (av.error.FFmpegError, ValueError) as exc:
-            raise ValueError(f"cannot write {str(self.path)!r} with encoder {enc.codec!r}: {exc}") from None
+            raise OptionError(f"cannot write {str(self.path)!r} with encoder {enc.codec!r}: {exc}") from None
         stream.width, stream.height = self.width, self.height
         stream.pix_fmt = enc.pix_fmt
         stream.time_base = 1 / self.fps  # one tick per frame: frame i has pts i
@@ -582,7 +591,7 @@ class VideoWriter:
         """Encode and mux (1, t, 3, H, W) or (t, 3, H, W) RGB frames in [-1, 1] (clamped, rounded to
         uint8)."""
         if self._container is None:
-            raise RuntimeError(f"VideoWriter for {str(self.path)!r} is closed")
+            raise StateError(f"VideoWriter for {str(self.path)!r} is closed")
         for image in _frames_to_uint8(frames, self.width, self.height):  # image: (H, W, 3) uint8
             frame = self._to_encoder_format(av.VideoFrame.from_ndarray(image, format="rgb24"))
             frame.pts = self.frames_written
@@ -610,7 +619,7 @@ class VideoWriter:
             return
         try:
             if self.frames_written == 0:
-                raise ValueError(f"no frames were written to {str(self.path)!r}; nothing to save")
+                raise OptionError(f"no frames were written to {str(self.path)!r}; nothing to save")
             self._mux(self._stream.encode())  # flush: bare encode()
             self._container.close()
             self._container = None

@@ -32,6 +32,8 @@ from einops import rearrange
 from torch import Tensor
 from torch.nn import functional as F
 
+from .errors import OptionError
+
 Matrix = tuple[tuple[Fraction, ...], ...]
 
 
@@ -45,7 +47,7 @@ def winograd_matrices(m: int, points: tuple[Fraction, ...]) -> tuple[Matrix, Mat
     """
     a = m + 2
     if len(points) != a - 1 or len(set(points)) != len(points):
-        raise ValueError(f"F({m}, 3) needs {a - 1} distinct finite points, got {points}")
+        raise OptionError(f"F({m}, 3) needs {a - 1} distinct finite points, got {points}")
 
     def evaluation(n: int) -> list[list[Fraction]]:  # (a x n): rows evaluate a length-n polynomial
         rows = [[Fraction(p) ** k for k in range(n)] for p in points]
@@ -106,7 +108,7 @@ def plan_time_tiles(T: int) -> TimeTiling:
     Ties go to smaller tiles, whose transforms are cheaper and more accurate.
     """
     if T < 1:
-        raise ValueError(f"T must be >= 1, got {T}")
+        raise OptionError(f"T must be >= 1, got {T}")
     best: TimeTiling | None = None
     for head in (0, 1):
         rest = T - head

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..chunking import FrameLayout
+from ..errors import OptionError
 from ..layers import (
     CausalAttention,
     CausalConv3d,
@@ -65,9 +66,9 @@ class StepVideoConfig:
 
     def __post_init__(self):
         if self.version not in (1, 2):
-            raise ValueError(f"Step-Video VAE version must be 1 or 2; got {self.version}")
+            raise OptionError(f"Step-Video VAE version must be 1 or 2; got {self.version}")
         if self.version == 2 and not self.patch_channels:
-            raise ValueError("Step-Video v2 needs patch_channels (4 * z * 8 in the released model)")
+            raise OptionError("Step-Video v2 needs patch_channels (4 * z * 8 in the released model)")
 
     @property
     def per_frame_norm(self) -> bool:

@@ -31,7 +31,12 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from videovae.chunking import FrameLayout
-from videovae.errors import CheckpointMismatchError, LatentMismatchError, VideoLayoutError
+from videovae.errors import (
+    CheckpointMismatchError,
+    LatentMismatchError,
+    OptionError,
+    VideoLayoutError,
+)
 from videovae.layers import GroupNorm
 
 __all__ = ["SVDConfig", "SVDAutoencoder", "config_from_shapes"]
@@ -67,12 +72,12 @@ class SVDConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "block_out_channels", tuple(int(c) for c in self.block_out_channels))
         if not self.block_out_channels:
-            raise ValueError("SVDConfig: block_out_channels must name at least one block")
+            raise OptionError("SVDConfig: block_out_channels must name at least one block")
         if self.layers_per_block < 1:
-            raise ValueError(f"SVDConfig: layers_per_block must be >= 1; got {self.layers_per_block}")
+            raise OptionError(f"SVDConfig: layers_per_block must be >= 1; got {self.layers_per_block}")
         for c in self.block_out_channels:
             if c % self.norm_num_groups:
-                raise ValueError(
+                raise OptionError(
                     f"SVDConfig: block width {c} does not split into norm_num_groups={self.norm_num_groups} groups"
                 )
 
@@ -93,10 +98,10 @@ class SVDConfig:
         known = {f.name for f in dataclasses.fields(cls)} - {"norm_num_groups"}
         unknown = sorted(set(config) - known)
         if unknown:
-            raise ValueError(f"SVDConfig.from_diffusers_config: unknown key(s) {unknown} for {DIFFUSERS_CLASS_NAME}")
+            raise OptionError(f"SVDConfig.from_diffusers_config: unknown key(s) {unknown} for {DIFFUSERS_CLASS_NAME}")
         made = cls(**config)
         if block_types is not None and list(block_types) != [ENCODER_BLOCK_TYPE] * len(made.block_out_channels):
-            raise ValueError(
+            raise OptionError(
                 f"SVDConfig.from_diffusers_config: down_block_types must be {len(made.block_out_channels)} x "
                 f"{ENCODER_BLOCK_TYPE!r}; got {list(block_types)}"
             )
@@ -105,7 +110,7 @@ class SVDConfig:
     def to_diffusers_config(self) -> dict[str, Any]:
         """The config.json dict diffusers' `AutoencoderKLTemporalDecoder.from_config` accepts."""
         if self.norm_num_groups != 32:
-            raise ValueError(
+            raise OptionError(
                 f"{DIFFUSERS_CLASS_NAME} hard-codes 32 norm groups; this config has {self.norm_num_groups}"
             )
         return {

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from videovae.errors import CheckpointMismatchError
+from videovae.errors import CheckpointMismatchError, OptionError
 
 from .svd import (
     _ORIGINAL_SENTINEL,
@@ -352,7 +352,7 @@ def convert_layout(
     SVD VAE.
     """
     if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r}")
+        raise OptionError(f"layout must be one of {LAYOUTS}; got {layout!r}")
     found = detect_svd_layout(sd)
     if found is None:
         raise CheckpointMismatchError(
@@ -421,7 +421,7 @@ def convert_svd_checkpoint(
         config = {**cfg.to_diffusers_config(), "sample_size": beside.get("sample_size", 768) if beside else 768}
         (dst / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     elif dst.suffix != ".safetensors":
-        raise ValueError(f"dst must be a .safetensors file for layout {layout!r}; got {dst}")
+        raise OptionError(f"dst must be a .safetensors file for layout {layout!r}; got {dst}")
     save_file(out, str(weights), metadata={"format": "pt"})
     return {
         "src": str(header.path), "dst": str(weights), "from": found, "to": layout,
