@@ -75,7 +75,7 @@ def test_svd_face_has_what_the_pipeline_reads(svd, svd_io):
 
 
 def test_a_half_precision_face_takes_float32_latents(svd_io):
-    face = SVDFace(videovae.load(DIFFUSERS_DIR, dtype=torch.float16))
+    face = SVDFace(videovae.load(DIFFUSERS_DIR, dtype=torch.float16, strict_dtype=True))
     decoded = face.decode(svd_io["latent_mean"], num_frames=3).sample  # fp32 latents, fp16 weights
     assert decoded.dtype == torch.float32 and face.dtype == torch.float16
     assert (decoded - svd_io["decoded"]).abs().max() < 2e-2
@@ -218,7 +218,7 @@ def test_svd_pipeline_gives_the_same_frames_with_videovae(decode_chunk_size, pip
 def test_svd_pipeline_with_a_half_precision_vae(pipeline_runner, diffusers_frames):
     from diffusers import AutoencoderKLTemporalDecoder
 
-    half = SVDFace(videovae.load(DIFFUSERS_DIR, dtype=torch.float16))
+    half = SVDFace(videovae.load(DIFFUSERS_DIR, dtype=torch.float16, strict_dtype=True))
     frames = pipeline_runner(half)
     assert half.dtype == torch.float16  # force_upcast: cast to fp32 to encode, back to fp16 to decode
     assert torch.isfinite(frames).all()

@@ -21,11 +21,14 @@ from safetensors.torch import save_file
 
 import videovae
 from videovae import cli, files
-from videovae.cli import DEFAULT_CHECKPOINT, main
+from videovae.cli import main
 from videovae.latent_files import load_latents
 from videovae.metrics import psnr, ssim
 from videovae.progress import Progress
+from videovae.registry import shipped_checkpoint
 from videovae.video import probe, read_video
+
+DEFAULT_CHECKPOINT = shipped_checkpoint()
 
 ROOT = Path(__file__).resolve().parents[1]
 V1_WEIGHTS = ROOT / "tests" / "fixtures" / "stepvideo" / "stepvideo_v1_tiny.safetensors"
@@ -251,7 +254,7 @@ def test_convert_rewrites_dtype_keeping_keys_and_metadata(work):
             assert b.dtype == (torch.float32 if a.is_floating_point() else a.dtype), key
             assert torch.equal(a.to(b.dtype), b), key  # bf16 -> fp32 is exact
     code, stdout, _ = run(["inspect", out])
-    assert code == 0 and json.loads(stdout)["dtype"] == "fp32"
+    assert code == 0 and json.loads(stdout)["stored_dtype"] == "fp32"
 
 
 def test_convert_needs_a_dtype_and_a_checkpoint(work, capsys):

@@ -1,7 +1,7 @@
 """videovae: causal video autoencoders with an explicit (B, T, C, H, W) API.
 
     import videovae
-    vae = videovae.load("vae_v2.safetensors", dtype="bf16")
+    vae = videovae.load("vae_v2.safetensors")     # float32 compute, whatever the file stores
     posterior = vae.encode(video)              # video: (B, T, 3, H, W) in [-1, 1], any T, H, W
     frames = vae.decode(posterior.mode(), num_frames=video.shape[1])
 """
@@ -13,11 +13,17 @@ from .errors import (
     CheckpointError,
     CheckpointMismatchError,
     CheckpointNotFoundError,
+    DatasetError,
+    DTypeFallbackWarning,
     FramePolicyError,
     LatentFileError,
     LatentMismatchError,
     NonFiniteInputError,
+    NotSupportedError,
+    OptionError,
     OutputPathError,
+    StateError,
+    UsageError,
     VideoDTypeError,
     VideoFileError,
     VideoFileNotFoundError,
@@ -32,4 +38,5 @@ __all__ = [
     "VideoVAEError", "VideoLayoutError", "VideoDTypeError", "NonFiniteInputError", "FramePolicyError",
     "CheckpointError", "CheckpointNotFoundError", "CheckpointMismatchError", "LatentMismatchError",
     "LatentFileError", "VideoFileError", "VideoFileNotFoundError", "OutputPathError",
+    "OptionError", "UsageError", "StateError", "NotSupportedError", "DatasetError", "DTypeFallbackWarning",
 ]

@@ -14,14 +14,22 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 
 from .chunking import (
-    FrameLayout, FramePolicy, OverlapBlender, apply_policy, blend_seam, blend_seams, overlapped_windows, rechunk, undo,
+    FrameLayout,
+    FramePolicy,
+    OverlapBlender,
+    apply_policy,
+    blend_seam,
+    blend_seams,
+    overlapped_windows,
+    rechunk,
+    undo,
 )
 from .distribution import LatentDistribution
-from .errors import VideoLayoutError
+from .compute_dtype import parse_dtype, resolve_compute_dtype, warn_if_slow
+from .errors import OptionError, VideoLayoutError
 from .validation import check_latents, check_video
 
 
@@ -43,10 +51,20 @@ class VideoVAE(nn.Module):
     dtype and on its device. Build one with `videovae.load(path)`.
     """
 
-    def __init__(self, model: nn.Module, *, source: str | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        source: str | None = None,
+        stored_dtype: torch.dtype | None = None,
+        strict_dtype: bool = False,
+    ):
         super().__init__()
         self.model = model
         self.source = source
+        self.stored_dtype = stored_dtype  # the checkpoint's floating dtype (None: not loaded from a file)
+        self.strict_dtype = strict_dtype  # compute in a slow 16-bit CPU dtype without a warning
+        self._slow_dtype_warned: torch.dtype | None = None
 
     # -- facts ---------------------------------------------------------------------------------
 
@@ -119,12 +137,16 @@ class VideoVAE(nn.Module):
                 record.padded_height // s, record.padded_width // s)
 
     def extra_repr(self) -> str:
-        return f"family={self.family}, version={self.version}, z={self.latent_channels}, dtype={self.dtype}"
+        stored = f", stored_dtype={self.stored_dtype}" if self.stored_dtype not in (None, self.dtype) else ""
+        return f"family={self.family}, version={self.version}, z={self.latent_channels}, dtype={self.dtype}{stored}"
 
     # -- encode / decode -------------------------------------------------------------------------
 
     def _to_model(self, x: Tensor) -> Tensor:
-        return x.to(device=self.device, dtype=self.dtype)
+        dtype, device = self.dtype, self.device
+        if not self.strict_dtype and self._slow_dtype_warned != dtype and warn_if_slow(dtype, device):
+            self._slow_dtype_warned = dtype  # once per model and dtype: it was cast by hand, e.g. .to(bf16)
+        return x.to(device=device, dtype=dtype)
 
     def encode_moments(self, video: Tensor) -> Tensor:
         """video: (B, T, C, H, W) of an exact length and size, model dtype -> moments (B, T_lat, 2z, h, w).
@@ -204,7 +226,7 @@ class VideoVAE(nn.Module):
         """Pieces (B, t, C, H, W) of the cross-faded decode of latent pieces (B, t_lat, z, h, w)."""
         layout = self.frame_layout
         if layout.frames_per_chunk is not None or layout.time_factor != 1:
-            raise ValueError(
+            raise OptionError(
                 f"chunk_frames/overlap apply to families that decode the whole clip at once (svd); {self.family} "
                 f"decodes its own chunks of {layout.latents_per_chunk} latent frames: leave them unset"
             )
@@ -357,31 +379,33 @@ def load(
     path: str | os.PathLike,
     device: torch.device | str | None = None,
     dtype: torch.dtype | str | None = None,
+    *,
+    strict_dtype: bool = False,
 ) -> VideoVAE:
     """Load a video VAE checkpoint (safetensors) of any supported family, detected from its keys.
 
-    device: where the weights live (default CPU). dtype: the weights' and compute dtype (default: the
-    file's). Every width, channel and block count is read from tensor shapes; no config is needed.
+    device: where the weights live (default CPU).
+    dtype: the weights' and compute dtype: float32 by default, whatever the file stores (16-bit files
+        load into float32 exactly, and give the reference's numbers); "bf16" / "fp16" or a torch dtype
+        on request; "file" keeps the file's dtype. On a CPU without fast 16-bit convolutions a 16-bit
+        request computes in float32 instead, with one DTypeFallbackWarning (see
+        `videovae.compute_dtype`); strict_dtype=True forces the dtype asked for.
+    Every width, channel and block count is read from tensor shapes; no config is needed.
     """
-    from .checkpoints import load_model
+    from .checkpoints import load_model, read_header, stored_float_dtype
 
-    model, header = load_model(path, device=device, dtype=_parse_dtype(dtype))
-    return VideoVAE(model, source=str(Path(header.path)))
-
-
-_DTYPE_NAMES = {
-    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-}
+    parse_dtype(dtype, allow_file=True)  # a bad name fails before the file is read
+    place = _parse_device(device)
+    stored = stored_float_dtype(read_header(path))
+    compute = resolve_compute_dtype(dtype, stored, place, strict=strict_dtype)
+    model, header = load_model(path, device=place, dtype=compute)
+    return VideoVAE(model, source=str(Path(header.path)), stored_dtype=stored, strict_dtype=strict_dtype)
 
 
-def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        if dtype is not None and not dtype.is_floating_point:
-            raise TypeError(f"dtype must be a floating dtype (fp32, bf16, fp16); got {dtype}")
-        return dtype
+def _parse_device(device: torch.device | str | None) -> torch.device:
+    if device is None:
+        return torch.device("cpu")
     try:
-        return _DTYPE_NAMES[str(dtype).lower().removeprefix("torch.")]
-    except KeyError:
-        raise TypeError(f"unknown dtype {dtype!r}; use one of fp32, bf16, fp16") from None
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise OptionError(f"device {device!r} is not a device torch knows; use cpu, cuda or cuda:N") from None

@@ -265,7 +265,8 @@ def load_model(
     """Read, detect, build on meta and assign the weights of a checkpoint file (or diffusers model
     folder; a config.json beside the weights is read by the families that use one).
 
-    dtype: the weights' (and so the compute) dtype; None keeps the file's floating dtype.
+    dtype: the weights' (and so the compute) dtype; None keeps the file's floating dtype (this is the
+    low-level reader: `videovae.load` resolves its float32 default before calling it).
     """
     header = read_header(path)
     family = detect_family(header.shapes, path=header.path)
@@ -278,7 +279,7 @@ def load_model(
     config_file = (config_json, str(header.path.parent / "config.json")) if config_json is not None else None
     model, _ = build_model(module_shapes, family=family, source=str(header.path), config_file=config_file)
 
-    dtype = dtype or _dominant_float_dtype({k: header.dtypes[k] for k in keys})
+    dtype = dtype or stored_float_dtype(header, keys)
     device = torch.device(device) if device is not None else torch.device("cpu")
     state = {}
     with safe_open(str(header.path), framework="pt", device="cpu") as f:
@@ -290,7 +291,9 @@ def load_model(
     return model.eval().requires_grad_(False), header
 
 
-def _dominant_float_dtype(dtypes: dict[str, torch.dtype]) -> torch.dtype:
+def stored_float_dtype(header: CheckpointHeader, keys: list[str] | None = None) -> torch.dtype:
+    """The floating dtype most of a checkpoint's tensors (of `keys`, default all) are stored in."""
+    dtypes = header.dtypes if keys is None else {k: header.dtypes[k] for k in keys}
     floats = Counter(d for d in dtypes.values() if d.is_floating_point)
     return floats.most_common(1)[0][0] if floats else torch.float32
 

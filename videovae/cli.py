@@ -26,9 +26,11 @@ import time
 import warnings
 from pathlib import Path
 
+from .compute_dtype import CLI_CHOICES, CLI_HELP, STRICT_HELP, dtype_name
+from .errors import OptionError, StateError
+from .registry import shipped_checkpoint
 from .files import (
     ERROR_GAIN,
-    _dtype_name,
     _policy_text,
     decode_pieces,
     encode_file,
@@ -36,9 +38,6 @@ from .files import (
     write_sample_video,
 )
 
-REPO_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
-DEFAULT_CHECKPOINT = REPO_WEIGHTS / "stepvideo_v2_tiny.safetensors"
-DTYPES = ("fp32", "bf16", "fp16")
 POLICIES = ("pad", "trim", "strict")
 
 
@@ -88,9 +87,9 @@ def _check_device(device: str | None):
     try:
         parsed = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"--device {device!r} is not a device torch knows; use cpu, cuda or cuda:N") from None
+        raise OptionError(f"--device {device!r} is not a device torch knows; use cpu, cuda or cuda:N") from None
     if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        raise OptionError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
     return parsed
 
 
@@ -106,9 +105,9 @@ def _check_outputs(inputs: list[Path], outputs: list[Path | None]) -> None:
         check_output_path(path)
         key = path.resolve()
         if key in sources:
-            raise ValueError(f"refusing to write {str(path)!r}: it is the input file; choose another output name")
+            raise OptionError(f"refusing to write {str(path)!r}: it is the input file; choose another output name")
         if key in seen:
-            raise ValueError(f"{str(path)!r} is given for two outputs; give each output its own name")
+            raise OptionError(f"{str(path)!r} is given for two outputs; give each output its own name")
         seen[key] = path
 
 
@@ -119,9 +118,17 @@ def _load(args: argparse.Namespace):
 
     device = _check_device(args.device)
     start = time.perf_counter()
-    vae = load(args.checkpoint, device=device, dtype=args.dtype)
+    vae = load(args.checkpoint, device=device, dtype=args.dtype, strict_dtype=args.strict_dtype)
     seconds = time.perf_counter() - start
     return vae, file_sha256(args.checkpoint), seconds
+
+
+def _dtypes_text(vae) -> str:
+    """'computes in fp32, stored bf16' (or 'fp32' when both agree)."""
+    compute = dtype_name(vae.dtype)
+    if vae.stored_dtype is None or vae.stored_dtype == vae.dtype:
+        return compute
+    return f"computes in {compute}, stored {dtype_name(vae.stored_dtype)}"
 
 
 def _print_reconstruct_report(report: dict) -> None:
@@ -189,7 +196,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         temporal_compression=vae.temporal_compression, frames=frames, height=height, width=width,
         fps=str(info.fps), policy=_policy_text(policy), checkpoint_sha256=sha, source=str(args.input),
         videovae_version=__version__,
-        options=options_json(start_frame=args.start_frame, max_frames=args.max_frames, dtype=_dtype_name(vae.dtype)),
+        options=options_json(start_frame=args.start_frame, max_frames=args.max_frames, dtype=dtype_name(vae.dtype)),
     )
     save_latents(args.output, mean, logvar, meta)
     print(
@@ -211,7 +218,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     read_latent_meta(args.latents)  # the header alone first: a short message for a file that is not latents
     mean, _, meta = load_latents(args.latents)
     if not meta.fps:
-        raise ValueError(f"{args.latents} stores no frame rate; cannot write a video from it")
+        raise OptionError(f"{args.latents} stores no frame rate; cannot write a video from it")
     vae, sha, load_s = _load(args)
     start = time.perf_counter()
     with torch.inference_mode():
@@ -235,13 +242,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     """Print family, version, config, parameter count, dtype and sha256 of a checkpoint."""
     import dataclasses
 
-    from .checkpoints import detect_family, file_sha256, read_header
+    from .checkpoints import detect_family, file_sha256, read_header, stored_float_dtype
 
     header = read_header(args.checkpoint)
     family = detect_family(header.shapes, path=header.path)
     module_shapes = {family.to_module_key(k): s for k, s in header.shapes.items()}
     config = family.config_from_shapes(module_shapes)
-    dtypes = sorted({_dtype_name(d) for d in header.dtypes.values()})
+    dtypes = sorted({dtype_name(d) for d in header.dtypes.values()})
+    stored = dtype_name(stored_float_dtype(header))
     info = {
         "path": str(header.path),
         "family": family.name,
@@ -249,7 +257,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "config": dataclasses.asdict(config),
         "parameters": sum(math.prod(s) for s in header.shapes.values()),
         "tensors": len(header.shapes),
-        "dtype": ",".join(dtypes),
+        "stored_dtype": ",".join(dtypes),
+        "compute_dtype": f"fp32 (videovae.load's default; --dtype bf16/fp16 on request, --dtype file keeps {stored})",
         "sha256": file_sha256(header.path),
     }
     print(json.dumps(info, indent=2))
@@ -265,7 +274,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         args.parser.error("nothing to convert: give --dtype")
     out = convert_checkpoint(args.checkpoint, args.output, dtype=args.dtype)
     header = read_header(out)
-    dtypes = ",".join(sorted({_dtype_name(d) for d in header.dtypes.values()}))
+    dtypes = ",".join(sorted({dtype_name(d) for d in header.dtypes.values()}))
     print(f"wrote {out}  ({len(header.shapes)} tensors, {dtypes}, {out.stat().st_size} bytes, sha256 {file_sha256(out)})")
     return 0
 
@@ -277,7 +286,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     out_dir = args.out_dir
     if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"--out-dir {str(out_dir)!r} is a file, not a folder")
+        raise OptionError(f"--out-dir {str(out_dir)!r} is a file, not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     sample, reconstruction = out_dir / "sample.mp4", out_dir / "reconstruction.mp4"
     compare, metrics_json = out_dir / "compare.mp4", out_dir / "metrics.json"
@@ -288,7 +297,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     sample_s = time.perf_counter() - start
     vae, sha, load_s = _load(args)
     shape = (1, args.frames, 3, args.height, args.width)
-    print(f"checkpoint     {args.checkpoint}  ({vae.family} v{vae.version}, {_dtype_name(vae.dtype)}, loaded in {load_s:.2f}s)")
+    print(f"checkpoint     {args.checkpoint}  ({vae.family} v{vae.version}, {_dtypes_text(vae)}, loaded in {load_s:.2f}s)")
     print(f"sample         {sample}  {tuple(shape)} (B, T, C, H, W) @ {args.fps} fps, written in {sample_s:.2f}s")
     print(f"latents        {vae.latent_shape(shape, args.policy)}  (B, T_lat, z, h, w)")
     with torch.inference_mode():
@@ -300,7 +309,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"reconstruction {(1, out['frames'], 3, out['height'], out['width'])}  (B, T, C, H, W)")
     _print_reconstruct_report(report)
     print(f"metrics        {metrics_json}")
-    if vae.source and Path(vae.source).resolve() == DEFAULT_CHECKPOINT.resolve():
+    if vae.source and Path(vae.source).resolve() == shipped_checkpoint().resolve():
         print("note           the shipped weights are tiny and untrained: the pipeline is real, the images are not")
     return 0
 
@@ -312,7 +321,7 @@ def cmd_encode_dataset(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as exc:
         if exc.name != f"{__package__}.dataset":
             raise
-        raise RuntimeError(
+        raise StateError(
             "encode-dataset is not available: this install has no videovae.dataset module"
         ) from None
     parser = argparse.ArgumentParser(prog="videovae encode-dataset", description="Encode a folder of videos to latent files (torchrun for many processes).")
@@ -338,9 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     model = argparse.ArgumentParser(add_help=False)
-    model.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="VAE weights, safetensors (default: the shipped tiny Step-Video v2)")
+    model.add_argument("--checkpoint", type=Path, default=None, help="VAE weights, safetensors (default: the shipped tiny Step-Video v2)")
     model.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default cpu)")
-    model.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights and compute dtype (default fp32)")
+    model.add_argument("--dtype", choices=CLI_CHOICES, default="fp32", help=CLI_HELP)
+    model.add_argument("--strict-dtype", action="store_true", help=STRICT_HELP)
 
     reading = argparse.ArgumentParser(add_help=False)
     reading.add_argument("--policy", choices=POLICIES, default="pad", help="frame counts and sizes that do not round-trip: pad (default), trim, strict")
@@ -378,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", parents=[common], help="rewrite a checkpoint in another dtype (keys and metadata kept)")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True, help="converted checkpoint (.safetensors)")
-    p.add_argument("--dtype", choices=DTYPES, default=None, help="cast floating tensors to this dtype")
+    p.add_argument("--dtype", choices=CLI_CHOICES[:3], default=None, help="cast floating tensors to this dtype")
     p.set_defaults(func=cmd_convert, parser=p)
 
     p = sub.add_parser("demo", parents=[common, model], help="the main job: reconstruct a synthetic video; outputs in --out-dir")
@@ -437,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     args.extra = extra
     try:
         with _one_line_warnings(), _torch_threads(args.threads):
+            if getattr(args, "checkpoint", ...) is None:
+                args.checkpoint = shipped_checkpoint()
             return args.func(args)
     except KeyboardInterrupt:
         print("videovae: interrupted", file=sys.stderr)

@@ -20,6 +20,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .checkpoints import read_header
+from .compute_dtype import parse_dtype
+from .errors import OptionError, UsageError
 from .fileio import atomic_output, check_output_path
 
 __all__ = ["convert_checkpoint", "cast_floating", "svd_layout"]
@@ -32,7 +34,7 @@ Step = Callable[[Tensors, Metadata], tuple[Tensors, Metadata]]
 def cast_floating(dtype: torch.dtype) -> Step:
     """A step casting every floating-point tensor to `dtype`; integer and bool tensors are kept."""
     if not dtype.is_floating_point:
-        raise TypeError(f"a checkpoint can be converted to a floating dtype (fp32, bf16, fp16), not {dtype}")
+        raise UsageError(f"a checkpoint can be converted to a floating dtype (fp32, bf16, fp16), not {dtype}")
 
     def step(tensors: Tensors, metadata: Metadata) -> tuple[Tensors, Metadata]:
         return {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}, metadata
@@ -47,7 +49,7 @@ def svd_layout(layout: str) -> Step:
     from .families.svd_checkpoint import LAYOUTS, convert_layout
 
     if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)} (SVD VAE key layouts); got {layout!r}")
+        raise OptionError(f"layout must be one of {', '.join(LAYOUTS)} (SVD VAE key layouts); got {layout!r}")
 
     def step(tensors: Tensors, metadata: Metadata) -> tuple[Tensors, Metadata]:
         return convert_layout(tensors, layout), metadata
@@ -83,11 +85,10 @@ def convert_checkpoint(
     a missing or non-safetensors `src` and `OutputPathError` when `dst`'s folder is not writable,
     both before any tensor is read.
     """
-    from .api import _parse_dtype
 
     header = read_header(src)  # CheckpointError: missing, pickle, not safetensors
     target = check_output_path(dst)
-    steps = _steps(dtype=_parse_dtype(dtype), layout=layout)
+    steps = _steps(dtype=parse_dtype(dtype), layout=layout)
     with safe_open(str(header.path), framework="pt", device="cpu") as f:
         tensors: Tensors = {key: f.get_tensor(key) for key in f.keys()}
         metadata: Metadata = dict(f.metadata() or {})

@@ -54,7 +54,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .errors import OutputPathError, VideoVAEError
+from .compute_dtype import CLI_CHOICES, CLI_HELP, FILE_DTYPE, STRICT_HELP, dtype_name
+from .errors import DatasetError, OutputPathError, VideoVAEError
 
 __all__ = ["DatasetError", "add_arguments", "run", "main", "resolve_inputs", "video_id"]
 
@@ -71,10 +72,6 @@ STOP_EXIT_CODE = 75
 COLLECTIVE_TIMEOUT = datetime.timedelta(hours=24)
 # Read granularity: frames decoded (and resized) per piece before the video is assembled.
 READ_CHUNK_FRAMES = 32
-
-
-class DatasetError(VideoVAEError, ValueError):
-    """The dataset job cannot start: no inputs, or a bad option."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,8 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="VAE checkpoint (.safetensors file, or a diffusers model folder)")
     parser.add_argument("--policy", choices=("pad", "trim", "strict"), default="pad",
                         help="frame policy for lengths and sizes that do not round-trip (default pad)")
-    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
-                        help="weights' and compute dtype (default fp32); latents are stored in fp32")
+    parser.add_argument("--dtype", choices=CLI_CHOICES, default="fp32", help=f"{CLI_HELP}; latents are stored in fp32")
+    parser.add_argument("--strict-dtype", action="store_true", help=STRICT_HELP)
     parser.add_argument("--max-frames", type=_positive_int, default=None, metavar="N",
                         help="encode at most the first N frames of each video")
     parser.add_argument("--size", type=_parse_size, default=None, metavar="HxW",
@@ -194,7 +191,8 @@ class Settings:
     checkpoint: Path
     checkpoint_sha256: str
     policy: str               # "pad" / "trim" / "strict", applied to time and space
-    dtype: str                # "fp32" / "bf16" / "fp16"
+    dtype: str                # "fp32" / "bf16" / "fp16" asked for ("file" resolved to the checkpoint's)
+    strict_dtype: bool        # 16-bit even on a CPU where it is slow (else float32 there)
     max_frames: int | None
     size: tuple[int, int] | None  # (H, W) to resize to, or None
 
@@ -320,7 +318,7 @@ class Plan:
 def _make_plan(args: argparse.Namespace) -> Plan:
     """Rank 0: resolve the inputs, check the checkpoint and the output folder (cheap checks first),
     then hash the checkpoint once for everyone."""
-    from .checkpoints import detect_family, file_sha256, read_header
+    from .checkpoints import detect_family, file_sha256, read_header, stored_float_dtype
 
     sources = resolve_inputs(args.inputs)
     header = read_header(args.checkpoint)  # CheckpointNotFoundError / CheckpointError
@@ -330,7 +328,8 @@ def _make_plan(args: argparse.Namespace) -> Plan:
         checkpoint=Path(args.checkpoint).expanduser().resolve(),  # as given: a file, or a diffusers folder
         checkpoint_sha256=file_sha256(header.path),  # of the weights file itself
         policy=args.policy,
-        dtype=args.dtype,
+        dtype=dtype_name(stored_float_dtype(header)) if args.dtype == FILE_DTYPE else args.dtype,
+        strict_dtype=args.strict_dtype,
         max_frames=args.max_frames,
         size=tuple(args.size) if args.size else None,
     )
@@ -544,7 +543,7 @@ def run(args: argparse.Namespace) -> int:
 
             plan.out.mkdir(parents=True, exist_ok=True)  # a rank on another node
             vae = videovae.load(plan.settings.checkpoint, device=_device(args.device, ranks.local_rank),
-                                dtype=plan.settings.dtype)
+                                dtype=plan.settings.dtype, strict_dtype=plan.settings.strict_dtype)
         except (VideoVAEError, OSError, ValueError, RuntimeError) as exc:
             error = exc
         _agree(ranks, error)

@@ -15,12 +15,12 @@ from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
+from .compute_dtype import dtype_name
+from .errors import OptionError
+
 ERROR_GAIN = 4.0  # the comparison's third panel shows |original - reconstruction| * ERROR_GAIN
 READ_CHUNK_FRAMES = 17  # frames read per piece when the family encodes whole clips
 
-
-def _dtype_name(dtype) -> str:
-    return {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(str(dtype), str(dtype))
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -53,7 +53,7 @@ def _frames_to_read(info, start_frame: int, max_frames: int | None) -> int | Non
     if info.frame_count is None:
         return max_frames
     if start_frame >= info.frame_count:
-        raise ValueError(
+        raise OptionError(
             f"--start-frame {start_frame} is past the end of {info.path!r}, which has "
             f"{info.frame_count} frames"
         )
@@ -186,7 +186,8 @@ def run_reconstruct(
         },
         "checkpoint": {
             "path": str(checkpoint), "sha256": checkpoint_sha256, "family": vae.family,
-            "version": vae.version, "dtype": _dtype_name(vae.dtype), "device": str(vae.device),
+            "version": vae.version, "dtype": dtype_name(vae.dtype),
+            "stored_dtype": None if vae.stored_dtype is None else dtype_name(vae.stored_dtype), "device": str(vae.device),
         },
         "policy": _policy_text(policy),
         "latent_shape": list(vae.latent_shape((1, frames, 3, height, width), "pad")[1:]),  # (T_lat, z, h, w)

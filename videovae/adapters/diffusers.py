@@ -16,14 +16,16 @@ the input's dtype, as everywhere in videovae. Latents are raw (unscaled): pipeli
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..api import VideoVAE
-from ..errors import VideoLayoutError
+from ..errors import NotSupportedError, OptionError, UsageError, VideoLayoutError
 
 TILING_NOT_IMPLEMENTED = "spatial tiling is not implemented yet (videovae issue: tiling)"
 
@@ -39,7 +41,7 @@ class FaceConfig(dict):
             raise AttributeError(f"{type(self).__name__} has no key {name!r}") from None
 
     def _read_only(self, *args, **kwargs):
-        raise TypeError("the face's config is read-only; it describes the wrapped VideoVAE")
+        raise UsageError("the face's config is read-only; it describes the wrapped VideoVAE")
 
     def __reduce__(self):
         return (type(self), (dict(self),))
@@ -115,7 +117,7 @@ def _block_out_channels(vae: VideoVAE) -> tuple[int, ...]:
     length means anything to a pipeline)."""
     spatial = vae.spatial_compression
     if spatial & (spatial - 1):
-        raise ValueError(f"spatial compression {spatial} is not a power of two; diffusers pipelines cannot express it")
+        raise OptionError(f"spatial compression {spatial} is not a power of two; diffusers pipelines cannot express it")
     n = spatial.bit_length()
     config = vae.config
     for name in ("block_out_channels", "encoder_widths"):
@@ -156,11 +158,29 @@ class _Face(nn.Module):
     def __init__(self, vae: VideoVAE, class_name: str):
         super().__init__()
         if not isinstance(vae, VideoVAE):
-            raise TypeError(f"{type(self).__name__} wraps a videovae.VideoVAE (videovae.load(path)); got {type(vae).__name__}")
+            raise UsageError(f"{type(self).__name__} wraps a videovae.VideoVAE (videovae.load(path)); got {type(vae).__name__}")
         self.vae = vae
         self.config = _face_config(vae, _class_name=class_name)
         self.use_slicing = False
         self.use_tiling = False
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        subfolder: str | None = None,
+        torch_dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
+        *,
+        strict_dtype: bool = False,
+    ):
+        """A face over `videovae.load(path[/subfolder])`, as diffusers' `from_pretrained` is called:
+        a checkpoint file, a diffusers model folder, or a pipeline folder with subfolder="vae".
+        torch_dtype: float32 by default, as in diffusers (see `videovae.load` for 16-bit on CPUs)."""
+        from ..api import load
+
+        where = Path(path) / subfolder if subfolder else Path(path)
+        return cls(load(where, device=device, dtype=torch_dtype, strict_dtype=strict_dtype))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -186,7 +206,7 @@ class _Face(nn.Module):
         self.use_slicing = False
 
     def enable_tiling(self, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError(TILING_NOT_IMPLEMENTED)
+        raise NotSupportedError(TILING_NOT_IMPLEMENTED)
 
     def disable_tiling(self) -> None:
         self.use_tiling = False
