@@ -1,0 +1,47 @@
+"""The prepared scripts run start to finish: benchmarks/gpu_check.py on tiny shapes (the GPU run has
+one try, so the script must not rot) and benchmarks/bench_dtypes.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def test_gpu_check_smoke_runs_every_step_and_saves_its_table(tmp_path):
+    done = run("gpu_check.py", "--smoke", "--out-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check_smoke.json").read_text())
+    assert report["tests"]["exit"] == 0 and "skipped" in report["tests"]["summary"]  # no GPU: the cuda tests skip
+    assert {(r["path"], r["op"]) for r in report["vae"]} == {(p, o) for p in ("videovae", "plain") for o in ("encode", "decode")}
+    assert all(r["psnr_vs_plain_db"] > 60 for r in report["vae"])  # the fast paths agree with the plain one
+    assert len(report["group_norm"]) == 2 and all(r["fused_ms"] > 0 for r in report["group_norm"])
+    assert "| decode |" in (tmp_path / "gpu_check_smoke.md").read_text()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: gpu_check runs for real")
+def test_gpu_check_without_a_gpu_says_so():
+    done = run("gpu_check.py", timeout=60)
+    assert done.returncode == 2 and "no CUDA device" in done.stderr
+
+
+def test_bench_dtypes_reports_what_each_request_computes_in(tmp_path):
+    out = tmp_path / "dtypes.json"
+    done = run("bench_dtypes.py", "--dtypes", "fp32", "bf16", "--repeats", "1", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = {r["asked"]: r for r in report["rows"]}
+    assert rows["fp32"]["computes_in"] == "fp32"
+    assert rows["bf16"]["computes_in"] == ("bf16" if report["probe"]["bf16"] else "fp32")
+    assert len(rows["bf16"]["warnings"]) == (0 if report["probe"]["bf16"] else 1)
