@@ -27,7 +27,7 @@ RESULTS = Path(__file__).parent / "results"
 FIXTURE = ROOT / "tests" / "fixtures" / "stepvideo" / "stepvideo_v2_tiny.safetensors"
 
 
-def time_reconstruct(dtype: str, strict: bool, video: torch.Tensor, repeats: int) -> dict:
+def time_reconstruct(dtype: str, strict: bool, video: torch.Tensor, repeats: int, warmup: int) -> dict:
     import videovae
     from videovae.compute_dtype import dtype_name
 
@@ -36,7 +36,8 @@ def time_reconstruct(dtype: str, strict: bool, video: torch.Tensor, repeats: int
         vae = videovae.load(FIXTURE, dtype=dtype, strict_dtype=strict)
     times = []
     with torch.inference_mode():
-        vae.reconstruct(video)  # warm-up
+        for _ in range(warmup):
+            vae.reconstruct(video)
         for _ in range(repeats):
             start = time.perf_counter()
             vae.reconstruct(video)
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16", "fp16"])
     parser.add_argument("--strict", action="store_true", help="also time the 16-bit dtypes forced (strict_dtype=True)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (0 for the slow strict runs)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_dtypes.json")
     args = parser.parse_args(argv)
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     capability = torch.backends.cpu.get_cpu_capability()
     probe = {name: cpu_has_fast_conv(d) for name, d in (("bf16", torch.bfloat16), ("fp16", torch.float16))}
     cases = [(d, False) for d in args.dtypes] + ([(d, True) for d in args.dtypes if d != "fp32"] if args.strict else [])
-    rows = [time_reconstruct(d, strict, video, args.repeats) for d, strict in cases]
+    rows = [time_reconstruct(d, strict, video, args.repeats, args.warmup) for d, strict in cases]
     base = next(r["seconds"] for r in rows if r["asked"] == "fp32" and not r["strict"]) if "fp32" in args.dtypes else None
 
     print(f"CPU capability {capability}, {args.threads} threads; probe says fast 16-bit conv: {probe}")
