@@ -30,7 +30,7 @@ from .chunking import (
 from .distribution import LatentDistribution
 from .compute_dtype import parse_dtype, resolve_compute_dtype, warn_if_slow
 from .errors import OptionError, VideoLayoutError
-from .validation import check_latents, check_video
+from .validation import check_latents, check_num_frames, check_video, check_video_shape
 
 
 def time_to_channels(x: Tensor) -> Tensor:
@@ -129,7 +129,7 @@ class VideoVAE(nn.Module):
 
     def latent_shape(self, video_shape: tuple[int, ...], policy: FramePolicy | str | None = None) -> tuple[int, ...]:
         """(B, T_lat, z, h, w) that `encode` gives for a (B, T, C, H, W) video under `policy`."""
-        B, T, _, H, W = video_shape
+        B, T, _, H, W = check_video_shape(video_shape, self.in_channels)
         probe = torch.empty((1, T, 1, H, W), device="meta")
         _, record = apply_policy(probe, self.frame_layout, FramePolicy.coerce(policy))
         s = self.spatial_compression
@@ -187,6 +187,7 @@ class VideoVAE(nn.Module):
             of `chunk_frames` latent frames overlapping by `overlap` and cross-fade them (bounded
             memory; see chunking.overlap_windows). Families with chunks of their own refuse them.
         """
+        num_frames = check_num_frames(num_frames)  # before the work, not after it
         record = None
         if isinstance(latents, LatentDistribution):
             record, latents = latents.record, latents.mode()
@@ -403,9 +404,25 @@ def load(
 
 
 def _parse_device(device: torch.device | str | None) -> torch.device:
+    """A device the weights can really live on; OptionError (before the file is read) otherwise."""
     if device is None:
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        place = torch.device(device)
     except (RuntimeError, TypeError):
         raise OptionError(f"device {device!r} is not a device torch knows; use cpu, cuda or cuda:N") from None
+    if place.type == "meta":
+        raise OptionError("device='meta' holds no data, so no weights can be loaded there; use cpu or cuda")
+    if place.type == "cpu":
+        return place
+    backend = getattr(torch, place.type, None)
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        raise OptionError(
+            f"device {str(place)!r}: torch has no {place.type} device on this machine "
+            f"(torch.{place.type}.is_available() is False); use device='cpu'"
+        )
+    count = getattr(backend, "device_count", lambda: 1)()
+    if place.index is not None and place.index >= count:
+        raise OptionError(f"device {str(place)!r}: this machine has {count} {place.type} device(s), numbered 0..{count - 1}")
+    return place

@@ -112,17 +112,28 @@ def weights_path(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.exists():
         raise CheckpointNotFoundError(f"checkpoint not found: {path}; check the path (no file or folder there)")
-    if not path.is_dir():
+    if path.is_file():
         return path
+    if not path.is_dir():
+        raise CheckpointError(
+            f"{path} is not a regular file (a FIFO, socket or device); pass the checkpoint file itself"
+        )
     if (path / DIFFUSERS_WEIGHTS_NAME).is_file():
         return path / DIFFUSERS_WEIGHTS_NAME
-    found = sorted(p.name for p in path.glob("*.safetensors"))
+    found = sorted(p.name for p in path.glob("*.safetensors") if p.is_file())
     if len(found) == 1:
         return path / found[0]
     if found:
         raise CheckpointError(f"{path} is a folder with {len(found)} .safetensors files ({', '.join(found)}); pass one of them")
     hint = "; for a diffusers pipeline folder pass its vae/ subfolder" if (path / "vae").is_dir() else ""
     raise CheckpointError(f"{path} is a folder with no .safetensors file in it; pass the weights file{hint}")
+
+
+def checkpoint_files(path: str | os.PathLike) -> list[Path]:
+    """Every file `load(path)` may read: the weights file, and a config.json beside it."""
+    weights = weights_path(path)
+    config = weights.parent / "config.json"
+    return [weights] + ([config] if config.is_file() else [])
 
 
 def load_config_beside(weights: str | os.PathLike) -> dict | None:

@@ -93,19 +93,48 @@ def _check_device(device: str | None):
     return parsed
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file `path` names, through symlinks; None when there is none."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _input_files(args: argparse.Namespace, *paths: Path) -> list[Path]:
+    """The given input files plus every file the --checkpoint reads (a folder's weights and config)."""
+    from .checkpoints import checkpoint_files
+
+    files = [p for p in paths if p is not None]
+    checkpoint = getattr(args, "checkpoint", None)
+    if checkpoint is not None:
+        files += checkpoint_files(checkpoint)  # CheckpointNotFoundError before any work
+    return files
+
+
 def _check_outputs(inputs: list[Path], outputs: list[Path | None]) -> None:
-    """Every output's folder exists and is writable, no output is an input, no two outputs collide."""
+    """Every output's folder exists and is writable, no output is an input (the same file, also
+    through a symlink or a hard link), no two outputs collide."""
     from .fileio import check_output_path
 
-    seen: dict[Path, Path] = {}
-    sources = {p.resolve() for p in inputs if p.exists()}
+    sources = {}
+    for p in inputs:
+        if (key := _identity(p)) is not None:
+            sources[key] = p
+    seen: dict[object, Path] = {}
     for path in outputs:
         if path is None:
             continue
         check_output_path(path)
-        key = path.resolve()
+        key = _identity(path)
         if key in sources:
-            raise OptionError(f"refusing to write {str(path)!r}: it is the input file; choose another output name")
+            source = sources[key]
+            alias = "" if os.path.abspath(source) == os.path.abspath(path) else " (the same file, through a link)"
+            raise OptionError(
+                f"refusing to write {str(path)!r}: it is the input file {str(source)!r}{alias}; choose another output name"
+            )
+        key = key or path.resolve()
         if key in seen:
             raise OptionError(f"{str(path)!r} is given for two outputs; give each output its own name")
         seen[key] = path
@@ -114,13 +143,13 @@ def _check_outputs(inputs: list[Path], outputs: list[Path | None]) -> None:
 def _load(args: argparse.Namespace):
     """(vae, checkpoint sha256, seconds) for --checkpoint/--device/--dtype."""
     from . import load
-    from .checkpoints import file_sha256
+    from .checkpoints import file_sha256, weights_path
 
     device = _check_device(args.device)
     start = time.perf_counter()
     vae = load(args.checkpoint, device=device, dtype=args.dtype, strict_dtype=args.strict_dtype)
     seconds = time.perf_counter() - start
-    return vae, file_sha256(args.checkpoint), seconds
+    return vae, file_sha256(weights_path(args.checkpoint)), seconds
 
 
 def _dtypes_text(vae) -> str:
@@ -155,7 +184,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     """videovae reconstruct IN -o OUT: stream a video through the model; print PSNR/SSIM."""
     import torch
 
-    _check_outputs([args.input], [args.output, args.compare, args.metrics_json])
+    _check_outputs(_input_files(args, args.input), [args.output, args.compare, args.metrics_json])
     vae, sha, load_s = _load(args)
     with torch.inference_mode():
         report = run_reconstruct(
@@ -179,7 +208,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from .latent_files import LatentFileMeta, options_json, save_latents
     from .video import probe
 
-    _check_outputs([args.input], [args.output])
+    _check_outputs(_input_files(args, args.input), [args.output])
     info = probe(args.input)
     vae, sha, load_s = _load(args)
     policy = FramePolicy.coerce(args.policy)
@@ -214,7 +243,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     from .progress import Progress
     from .video import VideoWriter
 
-    _check_outputs([args.latents], [args.output])
+    _check_outputs(_input_files(args, args.latents), [args.output])
     read_latent_meta(args.latents)  # the header alone first: a short message for a file that is not latents
     mean, _, meta = load_latents(args.latents)
     if not meta.fps:
@@ -270,9 +299,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from .checkpoints import file_sha256, read_header
     from .convert import convert_checkpoint
 
-    if args.dtype is None:
-        args.parser.error("nothing to convert: give --dtype")
-    out = convert_checkpoint(args.checkpoint, args.output, dtype=args.dtype)
+    if args.dtype is None and args.layout is None:
+        args.parser.error("nothing to convert: give --dtype and/or --layout")
+    _check_outputs(_input_files(args), [args.output])  # never replace the checkpoint being read
+    out = convert_checkpoint(args.checkpoint, args.output, dtype=args.dtype, layout=args.layout)
     header = read_header(out)
     dtypes = ",".join(sorted({dtype_name(d) for d in header.dtypes.values()}))
     print(f"wrote {out}  ({len(header.shapes)} tensors, {dtypes}, {out.stat().st_size} bytes, sha256 {file_sha256(out)})")
@@ -290,7 +320,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     sample, reconstruction = out_dir / "sample.mp4", out_dir / "reconstruction.mp4"
     compare, metrics_json = out_dir / "compare.mp4", out_dir / "metrics.json"
-    _check_outputs([], [sample, reconstruction, compare, metrics_json])
+    _check_outputs(_input_files(args), [sample, reconstruction, compare, metrics_json])
 
     start = time.perf_counter()
     write_sample_video(sample, args.frames, args.height, args.width, args.fps)
@@ -385,10 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path)
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("convert", parents=[common], help="rewrite a checkpoint in another dtype (keys and metadata kept)")
+    p = sub.add_parser("convert", parents=[common], help="rewrite a checkpoint in another dtype or SVD key layout")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True, help="converted checkpoint (.safetensors)")
     p.add_argument("--dtype", choices=CLI_CHOICES[:3], default=None, help="cast floating tensors to this dtype")
+    p.add_argument("--layout", choices=("diffusers", "original"), default=None,
+                   help="rewrite an SVD VAE's keys in diffusers' or Stability's original layout (bit-exact)")
     p.set_defaults(func=cmd_convert, parser=p)
 
     p = sub.add_parser("demo", parents=[common, model], help="the main job: reconstruct a synthetic video; outputs in --out-dir")
@@ -416,6 +448,9 @@ def _torch_threads(threads: int | None):
         return
     import torch
 
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if threads > cpus:
+        raise OptionError(f"--threads {threads}: this machine gives the process {cpus} CPUs; use --threads {cpus} or fewer")
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .errors import LatentMismatchError, NonFiniteInputError, VideoDTypeError, VideoLayoutError
+from .errors import LatentMismatchError, NonFiniteInputError, UsageError, VideoDTypeError, VideoLayoutError
 
 
 def _check_tensor(x: object, what: str) -> Tensor:
@@ -15,6 +15,8 @@ def _check_tensor(x: object, what: str) -> Tensor:
     if x.is_complex() or not (x.is_floating_point()):
         hint = " (for uint8 frames use x.float() / 127.5 - 1)" if x.dtype == torch.uint8 else ""
         raise VideoDTypeError(f"{what} must be a real floating-point tensor; got {x.dtype}{hint}")
+    if x.is_meta:
+        raise VideoDTypeError(f"{what} is on the meta device and holds no data; pass a tensor on cpu or cuda")
     return x
 
 
@@ -68,3 +70,29 @@ def check_latents(latents: object, channels: int) -> Tensor:
         raise VideoLayoutError(f"latents {shape} are empty along {', '.join(empty)}")
     _check_finite(z, "latents")
     return z
+
+
+def check_num_frames(num_frames: object) -> int | None:
+    """`num_frames` of decode: None or an int >= 1 (not a bool, float or string)."""
+    if num_frames is None:
+        return None
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int):
+        raise UsageError(f"num_frames must be an int >= 1 or None; got {num_frames!r} ({type(num_frames).__name__})")
+    if num_frames < 1:
+        raise VideoLayoutError(f"num_frames must be >= 1; got {num_frames}")
+    return num_frames
+
+
+def check_video_shape(shape: object, channels: int) -> tuple[int, int, int, int, int]:
+    """A (B, T, C, H, W) shape of positive ints with C == channels (for `latent_shape`)."""
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise UsageError(f"video_shape must be a (B, T, C, H, W) tuple; got {shape!r}") from None
+    if len(dims) != 5 or any(isinstance(n, bool) or not isinstance(n, int) for n in dims):
+        raise VideoLayoutError(f"video_shape must be 5 ints (B, T, C, H, W); got {dims!r}")
+    if any(n < 1 for n in dims):
+        raise VideoLayoutError(f"video_shape {dims} has a dim < 1; every dim of (B, T, C, H, W) must be >= 1")
+    if dims[2] != channels:
+        raise VideoLayoutError(f"video_shape {dims} has {dims[2]} channels at dim 2; this model takes {channels}")
+    return dims
