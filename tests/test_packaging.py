@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -20,8 +21,12 @@ def wheel(tmp_path_factory) -> Path:
     pytest.importorskip("setuptools")
     pytest.importorskip("wheel")
     out = tmp_path_factory.mktemp("wheel")
+    # Build from a copy: an in-tree build leaves build/ behind, and a stale one breaks the next build.
+    source = tmp_path_factory.mktemp("source") / "videovae"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "outputs", "results"))
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
         capture_output=True, text=True, timeout=300, cwd=out,
     )
     assert done.returncode == 0, done.stderr[-2000:]

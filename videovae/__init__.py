@@ -16,9 +16,11 @@ from .errors import (
     DatasetError,
     DTypeFallbackWarning,
     FramePolicyError,
+    InputRangeWarning,
     LatentFileError,
     LatentMismatchError,
     NonFiniteInputError,
+    NonFiniteOutputError,
     NotSupportedError,
     OptionError,
     OutputPathError,
@@ -38,5 +40,5 @@ __all__ = [
     "VideoVAEError", "VideoLayoutError", "VideoDTypeError", "NonFiniteInputError", "FramePolicyError",
     "CheckpointError", "CheckpointNotFoundError", "CheckpointMismatchError", "LatentMismatchError",
     "LatentFileError", "VideoFileError", "VideoFileNotFoundError", "OutputPathError",
-    "OptionError", "UsageError", "StateError", "NotSupportedError", "DatasetError", "DTypeFallbackWarning",
+    "OptionError", "UsageError", "StateError", "NotSupportedError", "DatasetError", "DTypeFallbackWarning", "NonFiniteOutputError", "InputRangeWarning",
 ]

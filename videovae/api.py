@@ -30,7 +30,14 @@ from .chunking import (
 from .distribution import LatentDistribution
 from .compute_dtype import parse_dtype, resolve_compute_dtype, warn_if_slow
 from .errors import OptionError, VideoLayoutError
-from .validation import check_latents, check_num_frames, check_video, check_video_shape
+from .validation import (
+    check_finite_output,
+    check_latents,
+    check_num_frames,
+    check_video,
+    check_video_shape,
+    warn_if_out_of_range,
+)
 
 
 def time_to_channels(x: Tensor) -> Tensor:
@@ -164,8 +171,9 @@ class VideoVAE(nn.Module):
         round-trip exactly (see `exact_frame_counts` and `spatial_compression`).
         """
         x = check_video(video, self.in_channels)
+        warn_if_out_of_range(x)
         x, record = apply_policy(self._to_model(x), self.frame_layout, FramePolicy.coerce(policy))
-        moments = self.encode_moments(x)
+        moments = check_finite_output(self.encode_moments(x), "encoder")
         return LatentDistribution.from_moments(moments.to(device=video.device, dtype=video.dtype), record)
 
     def decode(
@@ -221,7 +229,7 @@ class VideoVAE(nn.Module):
             position += frames.shape[1]
         if blend and self.frames_per_chunk:
             blend_seams(out, self.frames_per_chunk)
-        return out
+        return check_finite_output(out, "decoder")
 
     def _decode_overlapped(self, latents: Iterable[Tensor], chunk_frames: int, overlap: int) -> Iterator[Tensor]:
         """Pieces (B, t, C, H, W) of the cross-faded decode of latent pieces (B, t_lat, z, h, w)."""
@@ -233,7 +241,7 @@ class VideoVAE(nn.Module):
             )
         blender = OverlapBlender()
         for start, z in overlapped_windows(latents, chunk_frames, overlap):
-            frames = channels_to_time(self.model.decode_chunk(time_to_channels(self._to_model(z))))
+            frames = check_finite_output(channels_to_time(self.model.decode_chunk(time_to_channels(self._to_model(z)))), "decoder")
             done = blender.push(start, frames)
             if done.shape[1]:
                 yield done
@@ -267,13 +275,21 @@ class VideoVAE(nn.Module):
         concatenated latents equal `encode` of the whole video; the policy applies to the whole length.
         """
         policy = FramePolicy.coerce(policy)
-        pieces = (check_video(piece, self.in_channels) for piece in frames)
+        warned = False
+
+        def checked(piece: Tensor) -> Tensor:
+            nonlocal warned
+            piece = check_video(piece, self.in_channels)
+            warned = warned or warn_if_out_of_range(piece)  # one warning per call
+            return piece
+
+        pieces = (checked(piece) for piece in frames)
         encoded, template = 0, None
         for chunk in rechunk(pieces, self.frames_per_chunk):
             template = chunk
             x, record = apply_policy(self._to_model(chunk), self.frame_layout, policy, frames_before=encoded)
             encoded += chunk.shape[1]
-            moments = self.encode_moments(x)
+            moments = check_finite_output(self.encode_moments(x), "encoder")
             yield LatentDistribution.from_moments(moments.to(device=chunk.device, dtype=chunk.dtype), record)
         if template is None:
             raise VideoLayoutError("encode_stream got no frames; the video is empty")
@@ -317,7 +333,7 @@ class VideoVAE(nn.Module):
             return piece.to(device=like.device, dtype=like.dtype)
 
         for z in rechunk(pieces, self.latent_frames_per_chunk):
-            frames = channels_to_time(self.model.decode_chunk(time_to_channels(self._to_model(z))))
+            frames = check_finite_output(channels_to_time(self.model.decode_chunk(time_to_channels(self._to_model(z)))), "decoder")
             if not blend:
                 yield emit(frames, z)
                 continue

@@ -270,6 +270,30 @@ def build_model(
     return model, config
 
 
+def plan_model(header: CheckpointHeader) -> tuple[Family, list[str], nn.Module, object]:
+    """Every check `load_model` makes before reading tensor data: the family, the file keys it
+    reads, the model built on meta and its config. CheckpointMismatchError, naming the tensors,
+    when the file would not load (missing, unexpected, mis-shaped or non-floating tensors)."""
+    family = detect_family(header.shapes, path=header.path)
+    keys = family.file_keys(list(header.shapes)) if family.file_keys else list(header.shapes)
+    not_float = sorted(k for k in keys if not header.dtypes[k].is_floating_point)
+    if not_float:
+        shown = "; ".join(f"{k} {str(header.dtypes[k]).removeprefix('torch.')}" for k in not_float[:5])
+        more = f"; ... and {len(not_float) - 5} more" if len(not_float) > 5 else ""
+        raise CheckpointMismatchError(
+            f"{header.path}: {len(not_float)} tensors are not floating point where the model has float "
+            f"weights ({shown}{more}); the file is damaged or not a VAE checkpoint"
+        )
+    try:
+        module_shapes = family.module_shapes(header.shapes)
+    except CheckpointMismatchError as exc:
+        raise CheckpointMismatchError(f"{header.path}: {exc}") from None
+    config_json = load_config_beside(header.path) if family.config_file else None
+    config_file = (config_json, str(header.path.parent / "config.json")) if config_json is not None else None
+    model, config = build_model(module_shapes, family=family, source=str(header.path), config_file=config_file)
+    return family, keys, model, config
+
+
 def load_model(
     path: str | os.PathLike, device: torch.device | str | None = None, dtype: torch.dtype | None = None
 ) -> tuple[nn.Module, CheckpointHeader]:
@@ -280,15 +304,7 @@ def load_model(
     low-level reader: `videovae.load` resolves its float32 default before calling it).
     """
     header = read_header(path)
-    family = detect_family(header.shapes, path=header.path)
-    keys = family.file_keys(list(header.shapes)) if family.file_keys else list(header.shapes)
-    try:
-        module_shapes = family.module_shapes(header.shapes)
-    except CheckpointMismatchError as exc:
-        raise CheckpointMismatchError(f"{header.path}: {exc}") from None
-    config_json = load_config_beside(header.path) if family.config_file else None
-    config_file = (config_json, str(header.path.parent / "config.json")) if config_json is not None else None
-    model, _ = build_model(module_shapes, family=family, source=str(header.path), config_file=config_file)
+    family, keys, model, _ = plan_model(header)
 
     dtype = dtype or stored_float_dtype(header, keys)
     device = torch.device(device) if device is not None else torch.device("cpu")

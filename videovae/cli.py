@@ -21,6 +21,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
 import time
 import warnings
@@ -29,6 +30,7 @@ from pathlib import Path
 from .compute_dtype import CLI_CHOICES, CLI_HELP, STRICT_HELP, dtype_name
 from .errors import OptionError, StateError
 from .registry import shipped_checkpoint
+from .terminal import EscapingStream, shown
 from .files import (
     ERROR_GAIN,
     _policy_text,
@@ -39,6 +41,7 @@ from .files import (
 )
 
 POLICIES = ("pad", "trim", "strict")
+MAX_MESSAGE = 600  # characters of an error line on stderr; --debug shows the whole exception
 
 
 # -- argument types (argparse turns their ValueErrors into exit-2 usage errors) ---------------------
@@ -71,7 +74,10 @@ def _quality(text: str) -> int:
 def _one_line(text: str) -> str:
     """A message of any shape as one line (multi-line errors list their items after '; ')."""
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    return "; ".join(lines) if lines else ""
+    line = "; ".join(lines) if lines else ""
+    if len(line) > MAX_MESSAGE:
+        line = f"{line[:MAX_MESSAGE]}... ({len(line) - MAX_MESSAGE} more characters; --debug shows all)"
+    return line
 
 
 def _fmt_db(value: float) -> str:
@@ -140,6 +146,15 @@ def _check_outputs(inputs: list[Path], outputs: list[Path | None]) -> None:
         seen[key] = path
 
 
+def _check_video_outputs(*paths: Path | None) -> None:
+    """Video outputs have an extension videos can be written under (before the model loads)."""
+    from .video import check_video_extension
+
+    for path in paths:
+        if path is not None:
+            check_video_extension(path)
+
+
 def _load(args: argparse.Namespace):
     """(vae, checkpoint sha256, seconds) for --checkpoint/--device/--dtype."""
     from . import load
@@ -165,11 +180,11 @@ def _print_reconstruct_report(report: dict) -> None:
     fps = timings["frames_per_second"]
     print(
         f"reconstructed  {out['frames']} frames {out['width']}x{out['height']} @ {report['input']['fps_float']:.3g} fps"
-        f" -> {out['path']}  ({timings['reconstruct_seconds']:.1f}s, {fps or 0:.1f} frames/s;"
+        f" -> {shown(out['path'])}  ({timings['reconstruct_seconds']:.1f}s, {fps or 0:.1f} frames/s;"
         f" checkpoint loaded in {timings['load_seconds']:.2f}s)"
     )
     if out["compare"]:
-        print(f"compare        {out['compare']}  ({3 * out['width']}x{out['height']}: original | reconstruction | |error| x{ERROR_GAIN:g})")
+        print(f"compare        {shown(out['compare'])}  ({3 * out['width']}x{out['height']}: original | reconstruction | |error| x{ERROR_GAIN:g})")
     psnr = math.inf if m["mean_psnr"] is None else m["mean_psnr"]
     video_psnr = math.inf if m["video_psnr"] is None else m["video_psnr"]
     print(f"PSNR           {_fmt_db(psnr)} (mean over frames; {_fmt_db(video_psnr)} from the whole video's MSE)")
@@ -185,6 +200,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     import torch
 
     _check_outputs(_input_files(args, args.input), [args.output, args.compare, args.metrics_json])
+    _check_video_outputs(args.output, args.compare)
     vae, sha, load_s = _load(args)
     with torch.inference_mode():
         report = run_reconstruct(
@@ -195,7 +211,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         )
     _print_reconstruct_report(report)
     if args.metrics_json is not None:
-        print(f"metrics        {args.metrics_json}")
+        print(f"metrics        {shown(args.metrics_json)}")
     return 0
 
 
@@ -230,7 +246,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     save_latents(args.output, mean, logvar, meta)
     print(
         f"encoded  {frames} frames {width}x{height} -> latents {tuple(mean.shape)} (T_lat, z, h, w) in "
-        f"{seconds:.1f}s (checkpoint loaded in {load_s:.2f}s) -> {args.output}"
+        f"{seconds:.1f}s (checkpoint loaded in {load_s:.2f}s) -> {shown(args.output)}"
     )
     return 0
 
@@ -244,6 +260,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     from .video import VideoWriter
 
     _check_outputs(_input_files(args, args.latents), [args.output])
+    _check_video_outputs(args.output)
     read_latent_meta(args.latents)  # the header alone first: a short message for a file that is not latents
     mean, _, meta = load_latents(args.latents)
     if not meta.fps:
@@ -262,7 +279,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     print(
         f"decoded  latents {tuple(mean.shape)} (T_lat, z, h, w) -> {meta.frames} frames {meta.width}x{meta.height} "
-        f"@ {meta.fps} fps in {seconds:.1f}s (checkpoint loaded in {load_s:.2f}s) -> {args.output}"
+        f"@ {meta.fps} fps in {seconds:.1f}s (checkpoint loaded in {load_s:.2f}s) -> {shown(args.output)}"
     )
     return 0
 
@@ -271,12 +288,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     """Print family, version, config, parameter count, dtype and sha256 of a checkpoint."""
     import dataclasses
 
-    from .checkpoints import detect_family, file_sha256, read_header, stored_float_dtype
+    from .checkpoints import file_sha256, plan_model, read_header, stored_float_dtype
 
     header = read_header(args.checkpoint)
-    family = detect_family(header.shapes, path=header.path)
-    module_shapes = {family.to_module_key(k): s for k, s in header.shapes.items()}
-    config = family.config_from_shapes(module_shapes)
+    family, _, _, config = plan_model(header)  # the checks `load` makes: exit 1 where it would fail
     dtypes = sorted({dtype_name(d) for d in header.dtypes.values()})
     stored = dtype_name(stored_float_dtype(header))
     info = {
@@ -305,7 +320,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     out = convert_checkpoint(args.checkpoint, args.output, dtype=args.dtype, layout=args.layout)
     header = read_header(out)
     dtypes = ",".join(sorted({dtype_name(d) for d in header.dtypes.values()}))
-    print(f"wrote {out}  ({len(header.shapes)} tensors, {dtypes}, {out.stat().st_size} bytes, sha256 {file_sha256(out)})")
+    print(f"wrote {shown(out)}  ({len(header.shapes)} tensors, {dtypes}, {out.stat().st_size} bytes, sha256 {file_sha256(out)})")
     return 0
 
 
@@ -327,8 +342,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     sample_s = time.perf_counter() - start
     vae, sha, load_s = _load(args)
     shape = (1, args.frames, 3, args.height, args.width)
-    print(f"checkpoint     {args.checkpoint}  ({vae.family} v{vae.version}, {_dtypes_text(vae)}, loaded in {load_s:.2f}s)")
-    print(f"sample         {sample}  {tuple(shape)} (B, T, C, H, W) @ {args.fps} fps, written in {sample_s:.2f}s")
+    print(f"checkpoint     {shown(args.checkpoint)}  ({vae.family} v{vae.version}, {_dtypes_text(vae)}, loaded in {load_s:.2f}s)")
+    print(f"sample         {shown(sample)}  {tuple(shape)} (B, T, C, H, W) @ {args.fps} fps, written in {sample_s:.2f}s")
     print(f"latents        {vae.latent_shape(shape, args.policy)}  (B, T_lat, z, h, w)")
     with torch.inference_mode():
         report = run_reconstruct(
@@ -338,7 +353,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = report["output"]
     print(f"reconstruction {(1, out['frames'], 3, out['height'], out['width'])}  (B, T, C, H, W)")
     _print_reconstruct_report(report)
-    print(f"metrics        {metrics_json}")
+    print(f"metrics        {shown(metrics_json)}")
     if vae.source and Path(vae.source).resolve() == shipped_checkpoint().resolve():
         print("note           the shipped weights are tiny and untrained: the pipeline is real, the images are not")
     return 0
@@ -460,6 +475,45 @@ def _torch_threads(threads: int | None):
 
 
 @contextlib.contextmanager
+def _escaped_terminal():
+    """stdout and stderr escape control characters (a file name's ANSI codes) inside; restored after."""
+    before = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = EscapingStream(sys.stdout), EscapingStream(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = before
+
+
+class _Signalled(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised like Ctrl-C so every writer removes its temporary file."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """SIGTERM (timeout, systemd, Slurm, Kubernetes) and SIGHUP raise _Signalled inside; restored after."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _Signalled(signum)
+
+    before = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, old in before.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
 def _one_line_warnings():
     """Warnings as 'videovae: warning: ...' lines on stderr (no source line), restored after."""
 
@@ -481,13 +535,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
     try:
-        with _one_line_warnings(), _torch_threads(args.threads):
+        with _escaped_terminal(), _signals_interrupt(), _one_line_warnings(), _torch_threads(args.threads):
             if getattr(args, "checkpoint", ...) is None:
                 args.checkpoint = shipped_checkpoint()
             return args.func(args)
-    except KeyboardInterrupt:
-        print("videovae: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"videovae: interrupted ({signal.Signals(signum).name}); no partial output was left", file=sys.stderr)
+        return 128 + signum
     except BrokenPipeError:  # `videovae inspect CKPT | head`: stop quietly, as other tools do
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

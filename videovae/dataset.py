@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -56,6 +57,7 @@ import torch.nn.functional as F
 
 from .compute_dtype import CLI_CHOICES, CLI_HELP, FILE_DTYPE, STRICT_HELP, dtype_name
 from .errors import DatasetError, OutputPathError, VideoVAEError
+from .terminal import escape_all, shown
 
 __all__ = ["DatasetError", "add_arguments", "run", "main", "resolve_inputs", "video_id"]
 
@@ -113,6 +115,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict-dtype", action="store_true", help=STRICT_HELP)
     parser.add_argument("--max-frames", type=_positive_int, default=None, metavar="N",
                         help="encode at most the first N frames of each video")
+    parser.add_argument("--hash-sources", action="store_true",
+                        help="on resume, also compare each source's sha256 (default: its size and modification time)")
     parser.add_argument("--size", type=_parse_size, default=None, metavar="HxW",
                         help="resize frames to HxW (bilinear, antialiased) before encoding")
     parser.add_argument("--device", default=None,
@@ -167,6 +171,16 @@ def resolve_inputs(items: Sequence[str]) -> list[Path]:
     return resolved
 
 
+def _pattern_reaches(item: str, out: Path) -> bool:
+    """Whether the glob `item` would match the latent files a run writes into `out`."""
+    import fnmatch
+
+    expanded = os.path.abspath(os.path.expanduser(item))
+    if not _has_glob(expanded):
+        return False
+    return any(fnmatch.fnmatchcase(str(out / name), expanded) for name in ("x.safetensors", MANIFEST))
+
+
 def video_id(source: Path) -> str:
     """A stable, readable id of a video from its resolved absolute path: '<stem>-<16 hex of sha1>'."""
     digest = hashlib.sha1(str(source).encode("utf-8", "surrogateescape")).hexdigest()[:16]
@@ -194,6 +208,7 @@ class Settings:
     dtype: str                # "fp32" / "bf16" / "fp16" asked for ("file" resolved to the checkpoint's)
     strict_dtype: bool        # 16-bit even on a CPU where it is slow (else float32 there)
     max_frames: int | None
+    hash_sources: bool        # the resume check compares a source's sha256 too, not only size and mtime
     size: tuple[int, int] | None  # (H, W) to resize to, or None
 
     @property
@@ -323,6 +338,14 @@ def _make_plan(args: argparse.Namespace) -> Plan:
     sources = resolve_inputs(args.inputs)
     header = read_header(args.checkpoint)  # CheckpointNotFoundError / CheckpointError
     detect_family(header.shapes, path=header.path)
+    out_given = Path(args.out).expanduser().resolve()
+    inside = [s for s in sources if Path(s).resolve().is_relative_to(out_given)]
+    inside += [out_given / "x.safetensors" for item in args.inputs if _pattern_reaches(str(item), out_given)]
+    if inside:
+        raise DatasetError(
+            f"--out {shown(args.out)} holds {len(inside)} of the inputs (e.g. {shown(inside[0])}): a run would "
+            "encode its own outputs; choose an --out outside the inputs or narrow the input pattern"
+        )
     out = _prepare_out(Path(args.out))
     settings = Settings(
         checkpoint=Path(args.checkpoint).expanduser().resolve(),  # as given: a file, or a diffusers folder
@@ -331,6 +354,7 @@ def _make_plan(args: argparse.Namespace) -> Plan:
         dtype=dtype_name(stored_float_dtype(header)) if args.dtype == FILE_DTYPE else args.dtype,
         strict_dtype=args.strict_dtype,
         max_frames=args.max_frames,
+        hash_sources=args.hash_sources,
         size=tuple(args.size) if args.size else None,
     )
     return Plan(sources, settings, out)
@@ -374,6 +398,21 @@ def _record(job: Job, status: str, *, shape=None, frames=None, fps=None, reason=
     }
 
 
+def source_signature(source: Path, with_hash: bool = False) -> str:
+    """What identifies the content of a source file for the resume check: its size and modification
+    time (and its sha256 with_hash). "" when it cannot be read."""
+    try:
+        st = os.stat(source)
+    except OSError:
+        return ""
+    signature = f"size={st.st_size},mtime_ns={st.st_mtime_ns}"
+    if with_hash:
+        from .checkpoints import file_sha256
+
+        signature += f",sha256={file_sha256(source)}"
+    return signature
+
+
 def _current_record(job: Job, settings: Settings) -> dict | None:
     """A 'skipped' record when job.output holds complete latents for these settings, else None."""
     from .latent_files import LatentFileError, load_latents, read_latent_meta
@@ -386,6 +425,8 @@ def _current_record(job: Job, settings: Settings) -> dict | None:
             settings.checkpoint_sha256, settings.options, settings.policy_text, str(job.source)
         ):
             return None
+        if meta.source_signature != source_signature(job.source, settings.hash_sources):
+            return None  # the source changed (replaced in place) since it was encoded
         mean, _, meta = load_latents(job.output)  # the tensors are there and well-formed
     except (LatentFileError, ValueError):
         return None
@@ -395,7 +436,7 @@ def _current_record(job: Job, settings: Settings) -> dict | None:
 def _remove_stale_temporaries(out: Path, names: set[str]) -> int:
     """Delete leftover temporaries of the outputs in `names` (from a crashed run). They are named as
     `videovae.fileio.atomic_output` names them: `.<target name>.<8 hex>.tmp<suffix>`."""
-    pattern = re.compile(r"\.(?P<target>.+)\.[0-9a-f]{8}\.tmp(\.[^.]*)?")
+    pattern = re.compile(r"\.(?P<target>.+?)\.(?:vv-[0-9a-f]{6}-\d+-)?[0-9a-f]{8}\.tmp(\.[^.]*)?")
     removed = 0
     with os.scandir(out) as entries:
         for entry in entries:
@@ -418,6 +459,7 @@ class Clip:
     video: torch.Tensor  # (1, T, 3, H, W) float32 in [-1, 1], at --size when given
     fps: Fraction
     source_size: tuple[int, int]  # (H, W) in the file
+    signature: str = ""  # source_signature(), taken before reading, stored for the resume check
 
 
 def resize(frames: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
@@ -577,7 +619,8 @@ def _encode_shard(
     log(f"{len(mine)} videos in this shard: {len(records)} already encoded (skipped), {len(todo)} to encode")
 
     def load(job: Job) -> Clip:  # on the reader thread
-        return read_clip(job.source, settings.max_frames, settings.size)
+        signature = source_signature(job.source, settings.hash_sources)  # before reading: a change later is seen next run
+        return dataclasses.replace(read_clip(job.source, settings.max_frames, settings.size), signature=signature)
 
     start, frames_total, saved = time.perf_counter(), 0, 0
     with open(plan.out / f"failures.rank{ranks.rank}.jsonl", "w", encoding="utf-8") as failures, \
@@ -626,6 +669,7 @@ def _encode_one(vae, job: Job, clip: Clip | BaseException, settings: Settings) -
         temporal_compression=vae.temporal_compression, frames=frames, height=height, width=width,
         fps=str(clip.fps), policy=settings.policy_text, checkpoint_sha256=settings.checkpoint_sha256,
         source=str(job.source), videovae_version=videovae.__version__, options=settings.options,
+        source_signature=clip.signature,
     )
     save_latents(job.output, mean, logvar, meta)
     return _record(job, "encoded", shape=mean.shape, frames=frames, fps=str(clip.fps))
@@ -662,7 +706,7 @@ def _write_reports(plan: Plan, jobs: list[Job], gathered: list, ranks: Ranks) ->
 
 def _logger(ranks: Ranks) -> Callable[[str], None]:
     def log(message: str) -> None:
-        print(f"{ranks.tag} {message}", file=sys.stderr, flush=True)
+        print(f"{ranks.tag} {escape_all(message)}", file=sys.stderr, flush=True)
 
     return log
 

@@ -38,6 +38,11 @@ class NonFiniteInputError(VideoVAEError, ValueError):
     """The input holds NaN or Inf values."""
 
 
+class NonFiniteOutputError(VideoVAEError, FloatingPointError):
+    """The model produced NaN or Inf from a finite input (an input far outside [-1, 1], or a 16-bit
+    overflow); nothing is returned."""
+
+
 class FramePolicyError(VideoVAEError, ValueError):
     """A `strict` frame policy was violated, or a policy name is unknown."""
 
@@ -83,3 +88,7 @@ class DatasetError(VideoVAEError, ValueError):
 class DTypeFallbackWarning(UserWarning):
     """16-bit compute was asked for on a CPU where PyTorch has no fast 16-bit convolution: the model
     computes in float32 instead (or, for a model cast by hand, will be slow)."""
+
+
+class InputRangeWarning(UserWarning):
+    """A video's values are clearly outside [-1, 1] (0..255 frames, or unnormalised data)."""

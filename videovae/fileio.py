@@ -5,9 +5,10 @@ A writer never writes its target directly. It writes a hidden temporary file bes
 (same folder, so the final rename stays on one filesystem and is atomic) and the temporary file is
 renamed over the target only when writing finished without an exception. A crash or an exception
 therefore leaves either the old target or the new one, never a half-written file, and no temporary
-file behind.
+file behind (the command line turns SIGTERM and SIGHUP into the same clean exit as Ctrl-C). What a
+SIGKILL leaves is removed by the next write of the same target, once its process is gone.
 
-    with atomic_output("out/video.mp4") as tmp:   # tmp: out/.video.mp4.<random>.tmp.mp4
+    with atomic_output("out/video.mp4") as tmp:   # tmp: out/.video.mp4.vv-<host>-<pid>-<random>.tmp.mp4
         write_everything_to(tmp)
     # out/video.mp4 now exists, complete
 """
@@ -15,14 +16,19 @@ file behind.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import re
 import secrets
+import signal
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import OutputPathError
 
-__all__ = ["atomic_output", "check_output_path"]
+__all__ = ["atomic_output", "check_output_path", "remove_stale_temps"]
 
 
 def check_output_path(path: str | os.PathLike[str]) -> Path:
@@ -52,12 +58,48 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
     return target
 
 
+def _host_tag() -> str:
+    """6 hex digits naming this machine in temporary names (a shared folder may serve several)."""
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def _temp_prefix(target: Path, pid: int | None = None) -> str:
+    """`.<target name>.vv-<host>-<pid>-`: what this machine's process `pid` names its temporaries."""
+    return f".{target.name}.vv-{_host_tag()}-{os.getpid() if pid is None else pid}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temps(target: Path) -> list[Path]:
+    """Delete the temporary files of `target` that a killed videovae process left (SIGKILL, power
+    loss): only names this program makes, only from this machine, only when their process is gone."""
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.vv-{_host_tag()}-(\d+)-[0-9a-f]{{8}}\.tmp")
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(target.parent):
+            match = pattern.match(entry.name)
+            if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
+
+
 def _reserve_temp_path(target: Path, suffix: str) -> Path:
     """Create an empty, hidden, uniquely named file beside `target` and return its path:
-    `<folder>/.<target name>.<random>.tmp<suffix>`. Created with O_EXCL (never clobbers) and mode
-    0o666 filtered by the umask, so the renamed result has the same permissions as a plain open()."""
+    `<folder>/.<target name>.vv-<host>-<pid>-<random>.tmp<suffix>` (the host and pid let a later
+    run recognise it as debris once its process is gone). Created with O_EXCL (never clobbers) and
+    mode 0o666 filtered by the umask, so the renamed result has the same permissions as a plain open()."""
     while True:
-        temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp{suffix}")
+        temp = target.with_name(f"{_temp_prefix(target)}{secrets.token_hex(4)}.tmp{suffix}")
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
@@ -92,9 +134,12 @@ def atomic_output(path: str | os.PathLike[str], suffix: str | None = None) -> It
     (empty) when the block starts; the block may overwrite or replace it.
     """
     target = check_output_path(path)
-    temp = _reserve_temp_path(target, target.suffix if suffix is None else suffix)
-    mode = temp.stat().st_mode & 0o777  # what a plain open() would give (0o666 less the umask)
+    remove_stale_temps(target)
+    temp = None
     try:
+        with _signals_deferred():  # a SIGTERM between creating the file and knowing its name would leak it
+            temp = _reserve_temp_path(target, target.suffix if suffix is None else suffix)
+        mode = temp.stat().st_mode & 0o777  # what a plain open() would give (0o666 less the umask)
         yield temp
         if not temp.exists():
             raise OutputPathError(
@@ -105,6 +150,21 @@ def atomic_output(path: str | os.PathLike[str], suffix: str | None = None) -> It
         _fsync_file(temp)
         os.replace(temp, target)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
+        if temp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
         raise
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP held back inside (delivered, and their Python handlers run, on
+    exit); a no-op off the main thread or where the OS has no signal masks."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

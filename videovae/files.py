@@ -255,7 +255,8 @@ def decode_pieces(vae, mean, meta, *, checkpoint_sha256: str | None = None) -> I
     T_lat, _, h, w = mean.shape
     s = vae.spatial_compression
     decodable = vae.frame_layout.decoded_frames(T_lat)
-    if (math.ceil(meta.height / s), math.ceil(meta.width / s)) != (h, w) or not 1 <= meta.frames <= decodable:
+    expected = vae.latent_shape((1, meta.frames, vae.in_channels, meta.height, meta.width))  # what encode gives
+    if expected[1] != T_lat or (math.ceil(meta.height / s), math.ceil(meta.width / s)) != (h, w) or not 1 <= meta.frames <= decodable:
         raise LatentMismatchError(
             f"the latents ({T_lat}, {mean.shape[1]}, {h}, {w}) decode to {decodable} frames of "
             f"{w * s}x{h * s}, but the file says {meta.frames} frames of {meta.width}x{meta.height}; "

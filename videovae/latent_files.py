@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -41,6 +42,7 @@ class LatentFileMeta:
     source: str = ""            # the video these latents encode
     videovae_version: str = ""
     options: str = ""           # JSON of further options that change the latents (size, max frames, dtype)
+    source_signature: str = ""  # the source file as encoded ("size=..,mtime_ns=..[,sha256=..]"), for resume
 
     def to_header(self) -> dict[str, str]:
         return {"format": FORMAT, **{k: str(v) for k, v in dataclasses.asdict(self).items()}}
@@ -56,8 +58,33 @@ class LatentFileMeta:
                     raise LatentFileError(f"{path} lacks the {field.name!r} entry of a videovae latent file; re-encode the video")
                 continue
             raw = header[field.name]
-            values[field.name] = int(raw) if field.type in ("int", int) else raw
+            values[field.name] = _header_int(raw, field.name, path) if field.type in ("int", int) else raw
+        if values.get("fps"):
+            _check_fps(values["fps"], path)
         return cls(**values)
+
+
+# Frame rates a video can be written at: FFmpeg's muxers refuse time bases far outside this.
+MIN_FPS, MAX_FPS = Fraction(1, 100), Fraction(1000)
+
+
+def _header_int(raw: str, name: str, path: Path) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise LatentFileError(f"{path}: its {name!r} entry {raw[:40]!r} is not an integer; the file is damaged, re-encode the video") from None
+    if value < (0 if name == "temporal_compression" else 1):
+        raise LatentFileError(f"{path}: its {name!r} entry is {value}; the file is damaged, re-encode the video")
+    return value
+
+
+def _check_fps(raw: str, path: Path) -> None:
+    try:
+        fps = Fraction(raw)
+    except (ValueError, ZeroDivisionError):
+        raise LatentFileError(f"{path}: its fps entry {raw[:40]!r} is not a frame rate such as '30' or '30000/1001'") from None
+    if not MIN_FPS <= fps <= MAX_FPS:
+        raise LatentFileError(f"{path}: its fps {raw[:40]!r} is outside {MIN_FPS}..{MAX_FPS}; no video can be written at it")
 
 
 def save_latents(path: str | os.PathLike, mean: torch.Tensor, logvar: torch.Tensor, meta: LatentFileMeta) -> Path:

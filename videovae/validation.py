@@ -3,10 +3,20 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
-from .errors import LatentMismatchError, NonFiniteInputError, UsageError, VideoDTypeError, VideoLayoutError
+from .errors import (
+    InputRangeWarning,
+    LatentMismatchError,
+    NonFiniteInputError,
+    NonFiniteOutputError,
+    UsageError,
+    VideoDTypeError,
+    VideoLayoutError,
+)
 
 
 def _check_tensor(x: object, what: str) -> Tensor:
@@ -96,3 +106,31 @@ def check_video_shape(shape: object, channels: int) -> tuple[int, int, int, int,
     if dims[2] != channels:
         raise VideoLayoutError(f"video_shape {dims} has {dims[2]} channels at dim 2; this model takes {channels}")
     return dims
+
+
+# Values past this are not a [-1, 1] video (a little overshoot from resampling is normal).
+RANGE_SLACK = 1.5
+
+
+def warn_if_out_of_range(x: Tensor, what: str = "video") -> bool:
+    """One InputRangeWarning (returns True) when x's values are clearly outside [-1, 1]."""
+    low, high = (v.item() for v in torch.aminmax(x.detach()))
+    if -RANGE_SLACK <= low and high <= RANGE_SLACK:
+        return False
+    if low >= 0 and high > RANGE_SLACK:
+        cause = "it looks like 0..255 frames: use x / 127.5 - 1 (0..1 frames: x * 2 - 1)"
+    else:
+        cause = "normalise it to [-1, 1] first"
+    warnings.warn(f"{what} values span [{low:.4g}, {high:.4g}], but videovae takes [-1, 1]; {cause}", InputRangeWarning, stacklevel=3)
+    return True
+
+
+def check_finite_output(t: Tensor, what: str) -> Tensor:
+    """Raise NonFiniteOutputError when the model produced NaN or Inf; return t otherwise."""
+    if not bool(torch.isfinite(t).all()):
+        nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+        raise NonFiniteOutputError(
+            f"the {what} produced {nan} NaN and {inf} Inf values from a finite input: the input is far outside "
+            "[-1, 1], or a 16-bit dtype overflowed (load with dtype='fp32')"
+        )
+    return t

@@ -385,6 +385,11 @@ class _Encoder:
         return self.pix_fmt in _RGB_PIX_FMTS
 
 
+def check_video_extension(path: str | os.PathLike) -> None:
+    """OptionError, before any work, when videos cannot be written under `path`'s extension."""
+    _muxer_for(Path(path))
+
+
 def _muxer_for(path: Path) -> str:
     muxer = _MUXERS.get(path.suffix.lower())
     if muxer is None:
