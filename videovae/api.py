@@ -31,6 +31,7 @@ from .distribution import LatentDistribution
 from .compute_dtype import parse_dtype, resolve_compute_dtype, warn_if_slow
 from .errors import OptionError, VideoLayoutError
 from .validation import (
+    check_device,
     check_finite_output,
     check_latents,
     check_num_frames,
@@ -412,33 +413,9 @@ def load(
     from .checkpoints import load_model, read_header, stored_float_dtype
 
     parse_dtype(dtype, allow_file=True)  # a bad name fails before the file is read
-    place = _parse_device(device)
-    stored = stored_float_dtype(read_header(path))
+    place = check_device(device)
+    header = read_header(path)
+    stored = stored_float_dtype(header)
     compute = resolve_compute_dtype(dtype, stored, place, strict=strict_dtype)
-    model, header = load_model(path, device=place, dtype=compute)
+    model, _ = load_model(path, device=place, dtype=compute, header=header)
     return VideoVAE(model, source=str(Path(header.path)), stored_dtype=stored, strict_dtype=strict_dtype)
-
-
-def _parse_device(device: torch.device | str | None) -> torch.device:
-    """A device the weights can really live on; OptionError (before the file is read) otherwise."""
-    if device is None:
-        return torch.device("cpu")
-    try:
-        place = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise OptionError(f"device {device!r} is not a device torch knows; use cpu, cuda or cuda:N") from None
-    if place.type == "meta":
-        raise OptionError("device='meta' holds no data, so no weights can be loaded there; use cpu or cuda")
-    if place.type == "cpu":
-        return place
-    backend = getattr(torch, place.type, None)
-    available = getattr(backend, "is_available", None)
-    if available is None or not available():
-        raise OptionError(
-            f"device {str(place)!r}: torch has no {place.type} device on this machine "
-            f"(torch.{place.type}.is_available() is False); use device='cpu'"
-        )
-    count = getattr(backend, "device_count", lambda: 1)()
-    if place.index is not None and place.index >= count:
-        raise OptionError(f"device {str(place)!r}: this machine has {count} {place.type} device(s), numbered 0..{count - 1}")
-    return place

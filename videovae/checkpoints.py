@@ -295,15 +295,20 @@ def plan_model(header: CheckpointHeader) -> tuple[Family, list[str], nn.Module, 
 
 
 def load_model(
-    path: str | os.PathLike, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    path: str | os.PathLike,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    *,
+    header: CheckpointHeader | None = None,
 ) -> tuple[nn.Module, CheckpointHeader]:
     """Read, detect, build on meta and assign the weights of a checkpoint file (or diffusers model
     folder; a config.json beside the weights is read by the families that use one).
 
     dtype: the weights' (and so the compute) dtype; None keeps the file's floating dtype (this is the
     low-level reader: `videovae.load` resolves its float32 default before calling it).
+    header: `read_header(path)` when the caller has it already.
     """
-    header = read_header(path)
+    header = header or read_header(path)
     family, keys, model, _ = plan_model(header)
 
     dtype = dtype or stored_float_dtype(header, keys)

@@ -31,6 +31,7 @@ from .compute_dtype import CLI_CHOICES, CLI_HELP, STRICT_HELP, dtype_name
 from .errors import OptionError, StateError
 from .registry import shipped_checkpoint
 from .terminal import EscapingStream, shown
+from .validation import check_device
 from .files import (
     ERROR_GAIN,
     _policy_text,
@@ -82,21 +83,6 @@ def _one_line(text: str) -> str:
 
 def _fmt_db(value: float) -> str:
     return "inf (identical)" if value == math.inf else f"{value:.2f} dB"
-
-
-def _check_device(device: str | None):
-    """torch.device for --device, refusing CUDA on a machine without it (before any work)."""
-    import torch
-
-    if device is None:
-        return None
-    try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        raise OptionError(f"--device {device!r} is not a device torch knows; use cpu, cuda or cuda:N") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise OptionError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    return parsed
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -160,7 +146,7 @@ def _load(args: argparse.Namespace):
     from . import load
     from .checkpoints import file_sha256, weights_path
 
-    device = _check_device(args.device)
+    device = check_device(args.device)  # before the file is read
     start = time.perf_counter()
     vae = load(args.checkpoint, device=device, dtype=args.dtype, strict_dtype=args.strict_dtype)
     seconds = time.perf_counter() - start

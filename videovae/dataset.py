@@ -57,7 +57,7 @@ import torch.nn.functional as F
 
 from .compute_dtype import CLI_CHOICES, CLI_HELP, FILE_DTYPE, STRICT_HELP, dtype_name
 from .errors import DatasetError, OutputPathError, VideoVAEError
-from .terminal import escape_all, shown
+from .terminal import escape_controls, shown
 
 __all__ = ["DatasetError", "add_arguments", "run", "main", "resolve_inputs", "video_id"]
 
@@ -706,7 +706,7 @@ def _write_reports(plan: Plan, jobs: list[Job], gathered: list, ranks: Ranks) ->
 
 def _logger(ranks: Ranks) -> Callable[[str], None]:
     def log(message: str) -> None:
-        print(f"{ranks.tag} {escape_all(message)}", file=sys.stderr, flush=True)
+        print(f"{ranks.tag} {escape_controls(message, keep_lines=False)}", file=sys.stderr, flush=True)
 
     return log
 

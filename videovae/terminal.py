@@ -19,14 +19,11 @@ def shown(name: object) -> str:
     return repr(text) if _ANY_CONTROL.search(text) else text
 
 
-def escape_controls(text: str) -> str:
-    """text with every control character but tab, newline and carriage return as \\xNN."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-
-
-def escape_all(text: str) -> str:
-    """text with every control character, newlines too, as \\xNN: for lines that must stay one line."""
-    return _ANY_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+def escape_controls(text: str, *, keep_lines: bool = True) -> str:
+    """text with its control characters as \\xNN: all of them but tab, newline and carriage return,
+    or with keep_lines=False all of them (for a line that must stay one line)."""
+    pattern = _CONTROL if keep_lines else _ANY_CONTROL
+    return pattern.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 class EscapingStream:

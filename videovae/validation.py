@@ -10,6 +10,7 @@ from torch import Tensor
 
 from .errors import (
     InputRangeWarning,
+    OptionError,
     LatentMismatchError,
     NonFiniteInputError,
     NonFiniteOutputError,
@@ -30,11 +31,17 @@ def _check_tensor(x: object, what: str) -> Tensor:
     return x
 
 
+def _nonfinite_counts(x: Tensor) -> tuple[int, int] | None:
+    """(NaN count, Inf count) of x, or None when every value is finite (one pass in that case)."""
+    if bool(torch.isfinite(x).all()):
+        return None
+    return int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+
+
 def _check_finite(x: Tensor, what: str) -> None:
-    if not bool(torch.isfinite(x).all()):
-        nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+    if (counts := _nonfinite_counts(x)) is not None:
         raise NonFiniteInputError(
-            f"{what} holds {nan} NaN and {inf} Inf values; clean it first (e.g. torch.nan_to_num(x).clamp(-1, 1))"
+            f"{what} holds {counts[0]} NaN and {counts[1]} Inf values; clean it first (e.g. torch.nan_to_num(x).clamp(-1, 1))"
         )
 
 
@@ -127,10 +134,34 @@ def warn_if_out_of_range(x: Tensor, what: str = "video") -> bool:
 
 def check_finite_output(t: Tensor, what: str) -> Tensor:
     """Raise NonFiniteOutputError when the model produced NaN or Inf; return t otherwise."""
-    if not bool(torch.isfinite(t).all()):
-        nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+    if (counts := _nonfinite_counts(t)) is not None:
         raise NonFiniteOutputError(
-            f"the {what} produced {nan} NaN and {inf} Inf values from a finite input: the input is far outside "
+            f"the {what} produced {counts[0]} NaN and {counts[1]} Inf values from a finite input: the input is far outside "
             "[-1, 1], or a 16-bit dtype overflowed (load with dtype='fp32')"
         )
     return t
+
+
+def check_device(device: torch.device | str | None) -> torch.device:
+    """A device the weights can really live on; OptionError (before the file is read) otherwise."""
+    if device is None:
+        return torch.device("cpu")
+    try:
+        place = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise OptionError(f"device {device!r} is not a device torch knows; use cpu, cuda or cuda:N") from None
+    if place.type == "meta":
+        raise OptionError("device='meta' holds no data, so no weights can be loaded there; use cpu or cuda")
+    if place.type == "cpu":
+        return place
+    backend = getattr(torch, place.type, None)
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        raise OptionError(
+            f"device {str(place)!r}: {place.type.upper()} is not available on this machine "
+            f"(torch.{place.type}.is_available() is False); use device='cpu'"
+        )
+    count = getattr(backend, "device_count", lambda: 1)()
+    if place.index is not None and place.index >= count:
+        raise OptionError(f"device {str(place)!r}: this machine has {count} {place.type} device(s), numbered 0..{count - 1}")
+    return place
