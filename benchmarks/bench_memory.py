@@ -24,7 +24,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
-CHECKPOINT = ROOT / "weights" / "stepvideo_v2_tiny.safetensors"
+CHECKPOINT = ROOT / "tests" / "fixtures" / "stepvideo" / "stepvideo_v2_tiny.safetensors"  # bench_memory measures memory: an untrained model does
 
 # Runs `sys.argv[1:]` as a child and prints its peak RSS (KiB on Linux) and wall time as JSON.
 WRAPPER = """

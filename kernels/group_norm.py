@@ -3,6 +3,9 @@
 `group_norm(...)` validates its arguments, then runs:
   - the Triton kernels (`group_norm_triton.py`) for CUDA tensors,
   - the PyTorch reference (`group_norm_torch.py`) otherwise.
+When a gradient is needed (any of x, weight, bias, residual requires grad, grad mode on), the CPU path
+is `group_norm_differentiable` (native PyTorch ops that autograd differentiates) and the Triton
+path is an autograd.Function whose backward is that same reference's: never a detached gradient.
 `VIDEOVAE_KERNELS=auto|torch|triton` forces a path; `triton` on a CPU tensor runs the Triton
 interpreter, which needs `TRITON_INTERPRET=1` set before `videovae_kernels.group_norm_triton`
 is first imported. The variable is read at every call: there is no cached backend state.
@@ -14,7 +17,9 @@ import os
 
 from torch import Tensor
 
-from .group_norm_torch import group_norm_cpu
+import torch
+
+from .group_norm_torch import group_norm_cpu, group_norm_differentiable
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -88,8 +93,16 @@ def group_norm(
     """
     check_group_norm_args(x, num_groups, weight, bias, per_frame, residual, front_pad)
     kwargs = dict(per_frame=per_frame, silu=silu, residual=residual, front_pad=front_pad)
+    grad = needs_grad(x, weight, bias, residual)
     if backend_for(x) == "triton":
-        from .group_norm_triton import group_norm_triton
+        from .group_norm_triton import group_norm_triton, group_norm_triton_autograd
 
-        return group_norm_triton(x, num_groups, weight, bias, eps, **kwargs)
-    return group_norm_cpu(x, num_groups, weight, bias, eps, **kwargs)
+        run = group_norm_triton_autograd if grad else group_norm_triton
+        return run(x, num_groups, weight, bias, eps, **kwargs)
+    run = group_norm_differentiable if grad else group_norm_cpu
+    return run(x, num_groups, weight, bias, eps, **kwargs)
+
+
+def needs_grad(*tensors: Tensor | None) -> bool:
+    """Whether autograd will want a gradient through an op on these tensors."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)

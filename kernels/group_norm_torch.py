@@ -214,3 +214,38 @@ def group_norm_cpu(
         out[:, :, front_pad:].copy_(y)
         y = out
     return y if summed is None else (y, summed)
+
+
+def group_norm_differentiable(
+    x: Tensor,
+    num_groups: int,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float = 1e-5,
+    *,
+    per_frame: bool = False,
+    silu: bool = False,
+    residual: Tensor | None = None,
+    front_pad: int = 0,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """The same op from out-of-place PyTorch ops only, so autograd differentiates it: the path taken
+    whenever a gradient is needed (training). Native `F.group_norm` (one fused pass forward and
+    backward on CPU and CUDA), on frames folded into the batch for per-frame statistics."""
+    summed = x + residual if residual is not None else None
+    source = summed if summed is not None else x
+    x5 = source if source.ndim == 5 else source.unsqueeze(2)
+    B, C, T, H, W = x5.shape
+    if per_frame and T > 1:
+        frames = x5.transpose(1, 2).reshape(B * T, C, H, W)  # (B*T, C, H, W)
+        y = F.group_norm(frames, num_groups, weight, bias, eps).view(B, T, C, H, W).transpose(1, 2)
+    else:
+        y = F.group_norm(x5, num_groups, weight, bias, eps)
+    if silu:
+        y = F.silu(y)
+    if front_pad:
+        y = F.pad(y, (0, 0, 0, 0, front_pad, 0))
+    y = y.contiguous(memory_format=output_memory_format(x5))
+    if source.ndim == 4:
+        y = y.squeeze(2)
+    return y if summed is None else (y, summed)
+

@@ -36,7 +36,7 @@ import triton.language as tl
 from torch import Tensor
 from triton.runtime.interpreter import InterpretedFunction
 
-from .group_norm_torch import output_memory_format
+from .group_norm_torch import group_norm_differentiable, output_memory_format
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Elements per program. On a GPU, 4096 keeps ~16 fp32 values per thread at 8 warps (untuned: no
@@ -383,3 +383,55 @@ def group_norm_triton(
         BLOCK_U=block_u, BLOCK_C=block_c, BLOCK_S=block_s, num_warps=num_warps,
     )
     return finish(out) if summed5 is None else (finish(out), finish(summed5))
+
+
+class _GroupNormTritonFunction(torch.autograd.Function):
+    """The Triton forward with the PyTorch reference's backward.
+
+    Forward runs the kernels and saves only the inputs (no statistics, no output: the memory of
+    activation checkpointing). Backward recomputes `group_norm_differentiable` on them and lets
+    autograd differentiate it, so the gradients are plain PyTorch's.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, residual, num_groups, eps, per_frame, silu, front_pad):
+        ctx.save_for_backward(x, weight, bias, residual)
+        ctx.options = (num_groups, eps, per_frame, silu, front_pad)
+        out = group_norm_triton(x, num_groups, weight, bias, eps, per_frame=per_frame, silu=silu,
+                                residual=residual, front_pad=front_pad)
+        if residual is None:
+            return out, None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_summed):
+        num_groups, eps, per_frame, silu, front_pad = ctx.options
+        inputs = [None if t is None else t.detach().requires_grad_(need)
+                  for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad[:4])]
+        x, weight, bias, residual = inputs
+        with torch.enable_grad():
+            result = group_norm_differentiable(x, num_groups, weight, bias, eps, per_frame=per_frame,
+                                               silu=silu, residual=residual, front_pad=front_pad)
+        outputs = (result, None) if residual is None else result
+        pairs = [(o, g) for o, g in zip(outputs, (grad_y, grad_summed)) if o is not None and g is not None]
+        wanted = [t for t in inputs if t is not None and t.requires_grad]
+        grads = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True))
+        input_grads = [next(grads) if t is not None and t.requires_grad else None for t in inputs]
+        return (*input_grads, None, None, None, None, None)
+
+
+def group_norm_triton_autograd(
+    x: Tensor,
+    num_groups: int,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float = 1e-5,
+    *,
+    per_frame: bool = False,
+    silu: bool = False,
+    residual: Tensor | None = None,
+    front_pad: int = 0,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """`group_norm_triton` that autograd differentiates (see `_GroupNormTritonFunction`)."""
+    result = _GroupNormTritonFunction.apply(x, weight, bias, residual, num_groups, eps, per_frame, silu, front_pad)
+    return result[0] if residual is None else result

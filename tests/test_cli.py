@@ -173,9 +173,9 @@ def test_metrics_json_holds_per_frame_psnr_and_ssim(lossless, reference, clip):
         "path": str(clip), "frames": FRAMES, "start_frame": 0, "fps": "25", "fps_float": 25.0,
         "width": WIDTH, "height": HEIGHT, "codec": "h264",
     }
-    assert report["checkpoint"]["family"] == "stepvideo" and report["checkpoint"]["version"] == 2
-    assert report["checkpoint"]["sha256"] == "5e64bbd77a04baa3a41bf75eb829c975a2f544efb9622a650240369e9a516141"
-    assert report["latent_shape"] == [5, 2, 2, 3]
+    assert report["checkpoint"]["family"] == "stepvideo" and report["checkpoint"]["version"] == 1
+    assert report["checkpoint"]["sha256"] == "f27683ee2e44881f989346ab8addbdcc759d8fa734bfd88682e3b265ddf4533e"
+    assert report["latent_shape"] == [7, 32, 8, 10]
     assert report["timings"]["reconstruct_seconds"] > 0
     assert f"PSNR           {report['metrics']['mean_psnr']:.2f} dB" in lossless["stdout"]
 
@@ -213,7 +213,7 @@ def test_encode_writes_latents_and_metadata(latents, clip, reference, vae):
     assert (meta.family, meta.version, meta.latent_channels, meta.spatial_compression) == ("stepvideo", "2", 2, 16)
     assert (meta.frames, meta.height, meta.width, meta.fps) == (FRAMES, HEIGHT, WIDTH, "25")
     assert meta.policy == "time=pad,space=pad" and meta.source == str(clip)
-    assert meta.checkpoint_sha256 == "5e64bbd77a04baa3a41bf75eb829c975a2f544efb9622a650240369e9a516141"
+    assert meta.checkpoint_sha256 == "f27683ee2e44881f989346ab8addbdcc759d8fa734bfd88682e3b265ddf4533e"
     assert meta.videovae_version == videovae.__version__
     assert json.loads(meta.options) == {"dtype": "fp32", "max_frames": None, "start_frame": 0}
     with torch.inference_mode():
@@ -245,14 +245,14 @@ def test_convert_rewrites_dtype_keeping_keys_and_metadata(work):
     out = work / "tiny_fp32.safetensors"
     code, stdout, stderr = run(["convert", DEFAULT_CHECKPOINT, "-o", out, "--dtype", "fp32"])
     assert code == 0, stderr
-    assert f"wrote {out}  (262 tensors, fp32" in stdout
+    assert f"wrote {out}  (136 tensors, fp32" in stdout
     with safe_open(str(DEFAULT_CHECKPOINT), "pt") as src, safe_open(str(out), "pt") as dst:
         assert sorted(src.keys()) == sorted(dst.keys())
         assert src.metadata() == dst.metadata()
         for key in src.keys():
             a, b = src.get_tensor(key), dst.get_tensor(key)
             assert b.dtype == (torch.float32 if a.is_floating_point() else a.dtype), key
-            assert torch.equal(a.to(b.dtype), b), key  # bf16 -> fp32 is exact
+            assert torch.equal(a.to(b.dtype), b), key  # fp16 -> fp32 is exact
     code, stdout, _ = run(["inspect", out])
     assert code == 0 and json.loads(stdout)["stored_dtype"] == "fp32"
 
@@ -270,7 +270,7 @@ def test_demo_writes_its_outputs_into_out_dir(tmp_path):
     assert code == 0, stderr
     assert listing(tmp_path / "demo") == ["compare.mp4", "metrics.json", "reconstruction.mp4", "sample.mp4"]
     assert "reconstruction (1, 9, 3, 32, 32)  (B, T, C, H, W)" in stdout
-    assert "latents        (1, 2, 2, 2, 2)  (B, T_lat, z, h, w)" in stdout
+    assert "latents        (1, 3, 32, 8, 8)  (B, T_lat, z, h, w)" in stdout
     assert len(json.loads((tmp_path / "demo" / "metrics.json").read_text())["per_frame"]) == 9
 
 

@@ -33,7 +33,7 @@ from videovae.latent_files import load_latents
 from videovae.video import read_video
 
 REPO = Path(__file__).resolve().parents[1]
-V2_WEIGHTS = REPO / "weights" / "stepvideo_v2_tiny.safetensors"
+V2_WEIGHTS = REPO / "tests" / "fixtures" / "stepvideo" / "stepvideo_v2_tiny.safetensors"
 GOOD = {  # name: (frames, height, width)
     "clip0.mp4": (9, 32, 32),
     "clip1.mp4": (12, 32, 48),

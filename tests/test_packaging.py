@@ -40,8 +40,11 @@ def test_the_wheel_carries_the_default_checkpoint_and_the_registry(wheel):
     shipped = [entry["file"] for entry in registry.values() if entry.get("shipped")]
     assert shipped and all(f"videovae_weights/{name}" in names for name in shipped)
     assert {"videovae/__init__.py", "videovae_kernels/__init__.py", "videovae_weights/__init__.py"} <= names
-    info = zipfile.ZipFile(wheel).getinfo("videovae_weights/stepvideo_v2_tiny.safetensors")
-    assert info.file_size == (ROOT / "weights" / "stepvideo_v2_tiny.safetensors").stat().st_size
+    default = registry["stepvideo_v1_demo"]["file"]
+    info = zipfile.ZipFile(wheel).getinfo(f"videovae_weights/{default}")
+    assert info.file_size == (ROOT / "weights" / default).stat().st_size
+    assert "videovae_weights/demo_photo.safetensors" in names
+    assert not any(name.endswith("_tiny.safetensors") for name in names)  # the untrained fixture is a test fixture
 
 
 def test_an_installed_wheel_finds_and_loads_its_checkpoint_from_another_folder(wheel, tmp_path):
@@ -66,4 +69,4 @@ def test_an_installed_wheel_finds_and_loads_its_checkpoint_from_another_folder(w
     assert done.returncode == 0, done.stderr[-2000:]
     module, path, facts = done.stdout.strip().splitlines()
     assert module.startswith(str(target)) and path.startswith(str(target))  # the installed copy, not the tree
-    assert facts == "stepvideo 2 torch.float32"
+    assert facts == "stepvideo 1 torch.float32"

@@ -21,6 +21,7 @@ from safetensors import safe_open
 from torch import Tensor, nn
 
 from .errors import CheckpointError, CheckpointMismatchError, CheckpointNotFoundError
+from .fileio import atomic_output
 from .families import stepvideo, svd, svd_checkpoint
 
 _PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
@@ -43,6 +44,8 @@ class Family:
     # A diffusers-style config.json beside the weights: (config from shapes, its dict, its path) -> config.
     # None: the family has no such file and one there is not read.
     config_file: Callable[[object, dict, str], object] | None = None
+    # module key -> the key a saved file uses (the released layout); default: the module key.
+    to_file_key: Callable[[str], str] | None = None
 
     def module_shapes(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
         """File {key: shape} -> module {key: shape}, without reading tensor data."""
@@ -66,6 +69,7 @@ STEPVIDEO = Family(
     config_from_shapes=stepvideo.config_from_shapes,
     build=stepvideo.StepVideoVAE,
     describe=stepvideo.describe,
+    to_file_key=stepvideo.module_to_checkpoint_key,
 )
 
 # SVD files come in the diffusers layout (= module keys) or Stability's original one; to_module_key is
@@ -334,3 +338,25 @@ def _check_nothing_on_meta(model: nn.Module, source: Path) -> None:
     left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
     if left:
         raise CheckpointMismatchError(f"{source}: {len(left)} tensors were not loaded from the file: {', '.join(left[:10])}")
+
+
+def family_of(model: nn.Module) -> Family:
+    """The Family of a built model (its `family` attribute)."""
+    for family in FAMILIES:
+        if family.name == getattr(model, "family", None):
+            return family
+    raise CheckpointMismatchError(f"{type(model).__name__} is not a model of a videovae family")
+
+
+def save_model(model: nn.Module, path: str | os.PathLike, *, metadata: dict[str, str] | None = None) -> Path:
+    """Write the model's weights as a safetensors checkpoint in its family's file layout, atomically
+    (the file is absent, old or complete). `load_model(path)` rebuilds it from the shapes alone."""
+    from safetensors.torch import save_file
+
+    family = family_of(model)
+    to_file = family.to_file_key or (lambda key: key)
+    tensors = {to_file(k): v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_output(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", **(metadata or {})})
+    return Path(path)
+

@@ -311,8 +311,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job: write a synthetic video, reconstruct it with the reconstruct command's code,
-    and print shapes, timings and PSNR/SSIM."""
+    """The main job: film a held-out photograph with a virtual camera, reconstruct the clip with the
+    reconstruct command's code, and print shapes, timings and PSNR/SSIM."""
     import torch
 
     out_dir = args.out_dir
@@ -340,9 +340,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"reconstruction {(1, out['frames'], 3, out['height'], out['width'])}  (B, T, C, H, W)")
     _print_reconstruct_report(report)
     print(f"metrics        {shown(metrics_json)}")
-    if vae.source and Path(vae.source).resolve() == shipped_checkpoint().resolve():
-        print("note           the shipped weights are tiny and untrained: the pipeline is real, the images are not")
     return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train or fine-tune (videovae.training.command)."""
+    from .training import command
+
+    return command.run(args)
 
 
 def cmd_encode_dataset(args: argparse.Namespace) -> int:
@@ -378,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     model = argparse.ArgumentParser(add_help=False)
-    model.add_argument("--checkpoint", type=Path, default=None, help="VAE weights, safetensors (default: the shipped tiny Step-Video v2)")
+    model.add_argument("--checkpoint", type=Path, default=None, help="VAE weights, safetensors (default: the shipped demo model, a small trained Step-Video v1)")
     model.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default cpu)")
     model.add_argument("--dtype", choices=CLI_CHOICES, default="fp32", help=CLI_HELP)
     model.add_argument("--strict-dtype", action="store_true", help=STRICT_HELP)
@@ -424,14 +429,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rewrite an SVD VAE's keys in diffusers' or Stability's original layout (bit-exact)")
     p.set_defaults(func=cmd_convert, parser=p)
 
-    p = sub.add_parser("demo", parents=[common, model], help="the main job: reconstruct a synthetic video; outputs in --out-dir")
+    p = sub.add_parser("demo", parents=[common, model], help="the main job: film a held-out photograph, reconstruct it; outputs in --out-dir")
     p.add_argument("--out-dir", type=Path, default=Path("outputs"), help="where sample.mp4, reconstruction.mp4, compare.mp4, metrics.json go (default outputs/)")
-    p.add_argument("--frames", type=_int_at_least(1), default=40)
-    p.add_argument("--height", type=_int_at_least(1), default=72)
-    p.add_argument("--width", type=_int_at_least(1), default=100)
-    p.add_argument("--fps", type=_int_at_least(1), default=30)
+    p.add_argument("--frames", type=_int_at_least(1), default=51)
+    p.add_argument("--height", type=_int_at_least(1), default=96)
+    p.add_argument("--width", type=_int_at_least(1), default=128)
+    p.add_argument("--fps", type=_int_at_least(1), default=24)
     p.add_argument("--policy", choices=POLICIES, default="pad")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", parents=[common], help="train or fine-tune a model on photo clips or a folder of videos; resumable")
+    from .training.command import add_arguments as add_train_arguments
+
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
 
     # Its options belong to videovae.dataset, which is imported only when this command runs.
     p = sub.add_parser(

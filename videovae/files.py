@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
+from .camera import CameraPath
 from .compute_dtype import dtype_name
 from .errors import OptionError
 
@@ -268,40 +269,19 @@ def decode_pieces(vae, mean, meta, *, checkpoint_sha256: str | None = None) -> I
     return (piece[..., : meta.height, : meta.width] for piece in pieces)
 
 
-def _sample_pieces(frames: int, height: int, width: int, piece: int = 8):
-    """A synthetic clip with motion, as (1, t, 3, H, W) pieces in [-1, 1]: a drifting colour
-    gradient, a disc moving left to right on a wave, and a square rising from the bottom."""
-    import torch
-
-    y = torch.linspace(0.0, 1.0, height).view(height, 1)  # (H, 1)
-    x = torch.linspace(0.0, 1.0, width).view(1, width)  # (1, W)
-    disc_colour = torch.tensor([1.0, 0.85, 0.1]).view(3, 1, 1)
-    square_colour = torch.tensor([0.1, 0.3, 0.95]).view(3, 1, 1)
-    radius = 0.18 * min(height, width)
-    for first in range(0, frames, piece):
-        images = []
-        for t in range(first, min(frames, first + piece)):
-            s = t / max(frames - 1, 1)  # 0 -> 1 over the clip
-            image = torch.stack([  # (3, H, W) in [0, 1]
-                (0.5 + 0.5 * torch.sin(2 * math.pi * (x + 0.6 * s))).expand(height, width),
-                (0.5 + 0.5 * torch.cos(2 * math.pi * (y - s))).expand(height, width),
-                (x + y) / 2,
-            ])
-            cx, cy = 0.15 + 0.7 * s, 0.5 + 0.25 * math.sin(2 * math.pi * s)
-            disc = ((x - cx) * width) ** 2 + ((y - cy) * height) ** 2 <= radius**2  # (H, W)
-            top = 0.75 - 0.6 * s
-            square = (y >= top) & (y < top + 0.25) & (x >= 0.6) & (x < 0.6 + 0.25 * height / width)
-            image = torch.where(disc, disc_colour, image)
-            image = torch.where(square, square_colour, image)
-            images.append(image * 2 - 1)
-        yield torch.stack(images).unsqueeze(0)  # (1, t, 3, H, W)
+# The demo's camera move: a slow pan to the right and down while zooming in and turning slightly.
+DEMO_CAMERA = CameraPath(centre=((0.3, 0.35), (0.65, 0.55)), zoom=(0.85, 0.6), angle=(-0.04, 0.04), gain=(1.0, 1.05))
 
 
-def write_sample_video(path: Path, frames: int = 40, height: int = 72, width: int = 100, fps: int = 30) -> Path:
-    """Write the synthetic demo clip (`_sample_pieces`) to `path` (H.264, CRF 18)."""
+def write_sample_video(path: Path, frames: int = 51, height: int = 96, width: int = 128, fps: int = 24) -> Path:
+    """Write the demo clip to `path` (H.264, CRF 18): a virtual camera (`videovae.camera`) moving over
+    a photograph that the shipped model never saw in training."""
+    from .camera import render
+    from .registry import demo_photo
     from .video import VideoWriter
 
+    clip = render(demo_photo(), DEMO_CAMERA, frames, height, width)  # (T, 3, H, W)
     with VideoWriter(path, fps, width, height) as writer:
-        for piece in _sample_pieces(frames, height, width):
-            writer.write(piece)
+        for piece in clip.split(16):
+            writer.write(piece.unsqueeze(0))
     return path

@@ -43,13 +43,18 @@ class Progress:
         log_every: float = 0.25,
         log_seconds: float = 30.0,
         clock=time.monotonic,
+        rate_unit: str = "fps",
+        initial: int = 0,
     ) -> None:
         self.total = total
+        self.rate_unit = rate_unit
+        self.postfix = ""        # shown at the end of the line (a training loss, ...)
+        self._initial = initial  # done before this run (a resumed job): counted, not in the rate
         self.label = label
         self.unit = unit
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
-        self.done = 0
+        self.done = initial
         self._clock = clock
         self._start = clock()
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
@@ -70,9 +75,9 @@ class Progress:
 
     @property
     def rate(self) -> float:
-        """Frames per second so far (0 before any time has passed)."""
+        """Frames (units) per second so far in this run (0 before any time has passed)."""
         elapsed = self.elapsed
-        return self.done / elapsed if elapsed > 0 else 0.0
+        return (self.done - self._initial) / elapsed if elapsed > 0 else 0.0
 
     def line(self) -> str:
         """'label  34/680 frames (5%)  12.1 fps  elapsed 0:03  ETA 0:53'."""
@@ -83,10 +88,13 @@ class Progress:
         else:
             parts.append(f"{self.done} {self.unit}")
         rate = self.rate
-        parts.append(f"{rate:.1f} fps")
+        digits = 2 if self.rate_unit != "fps" and rate < 10 else 1
+        parts.append(f"{rate:.{digits}f} {self.rate_unit}")
         parts.append(f"elapsed {_duration(self.elapsed)}")
         if self.total and rate > 0 and self.done < self.total:
             parts.append(f"ETA {_duration((self.total - self.done) / rate)}")
+        if self.postfix:
+            parts.append(self.postfix)
         return "  ".join(parts)
 
     def update(self, frames: int) -> None:
@@ -107,6 +115,16 @@ class Progress:
         elif now - self._last_log >= self._log_seconds:
             self._last_log = now
             self._log()
+
+    def write(self, text: str) -> None:
+        """Print a line of its own (a log message) without breaking the bar: on a terminal the bar
+        is erased, the line printed, and the bar redrawn under it."""
+        if not self.enabled or not self._tty or self._closed:
+            print(text, file=self.stream, flush=True)
+            return
+        self.stream.write("\r" + " " * self._width + "\r" + text + "\n")
+        self._width = 0
+        self._draw(self._clock())
 
     def close(self) -> None:
         """Draw the final state and end the line. Idempotent."""

@@ -14,7 +14,8 @@ from pathlib import Path
 from .errors import CheckpointNotFoundError
 
 WEIGHTS_PACKAGE = "videovae_weights"
-DEFAULT_NAME = "stepvideo_v2_tiny"  # the registry entry the CLI and the demo use by default
+DEMO_PHOTO = "demo_photo.safetensors"  # skimage's astronaut, 384x384: held out from training, filmed by the demo
+DEFAULT_NAME = "stepvideo_v1_demo"  # the registry entry the CLI and the demo use by default: the trained demo model
 
 
 def registry() -> dict[str, dict]:
@@ -35,3 +36,16 @@ def shipped_checkpoint(name: str = DEFAULT_NAME) -> Path:
             "(pip install --force-reinstall videovae) or pass --checkpoint"
         )
     return path
+
+
+def demo_photo():
+    """The photograph the demo films: (3, 384, 384) float32 in [-1, 1] (never seen in training)."""
+    from safetensors.torch import load_file
+
+    from .camera import photo_tensor
+
+    path = Path(str(resources.files(WEIGHTS_PACKAGE).joinpath(DEMO_PHOTO)))
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"the demo photograph {DEMO_PHOTO} is missing from {path.parent}; reinstall videovae")
+    return photo_tensor(load_file(str(path))["image"])
+

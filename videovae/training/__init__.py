@@ -1,0 +1,1 @@
+"""Training and fine-tuning videovae models: `videovae train` (see `videovae.training.trainer`)."""
