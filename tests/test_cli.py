@@ -111,7 +111,7 @@ def latents(work, clip):
     path = work / "clip.latents.safetensors"
     code, stdout, stderr = run(["encode", clip, "-o", path])
     assert code == 0, stderr
-    assert "latents (5, 2, 2, 3) (T_lat, z, h, w)" in stdout
+    assert "latents (7, 32, 8, 10) (T_lat, z, h, w)" in stdout
     return path
 
 
@@ -209,8 +209,8 @@ def test_start_frame_and_max_frames_select_frames(work, clip, vae, reference):
 
 def test_encode_writes_latents_and_metadata(latents, clip, reference, vae):
     mean, logvar, meta = load_latents(latents)
-    assert mean.shape == logvar.shape == (5, 2, 2, 3) and mean.dtype == torch.float32
-    assert (meta.family, meta.version, meta.latent_channels, meta.spatial_compression) == ("stepvideo", "2", 2, 16)
+    assert mean.shape == logvar.shape == (7, 32, 8, 10) and mean.dtype == torch.float32
+    assert (meta.family, meta.version, meta.latent_channels, meta.spatial_compression) == ("stepvideo", "1", 32, 4)
     assert (meta.frames, meta.height, meta.width, meta.fps) == (FRAMES, HEIGHT, WIDTH, "25")
     assert meta.policy == "time=pad,space=pad" and meta.source == str(clip)
     assert meta.checkpoint_sha256 == "f27683ee2e44881f989346ab8addbdcc759d8fa734bfd88682e3b265ddf4533e"
@@ -397,7 +397,7 @@ def test_unknown_output_extension_fails_before_work(out_dir, clip):
 def test_latents_that_do_not_fit_the_checkpoint(out_dir, latents):
     stderr = fails(["decode", latents, "-o", out_dir / "a.mp4", "--checkpoint", V1_WEIGHTS], out_dir,
                    "these latents do not fit the checkpoint")
-    assert "stepvideo v2 model, this checkpoint is stepvideo v1" in stderr
+    assert "they have 32 latent channels, this model 16; their compression is 4x/4x, this model's 8x/4x" in stderr
 
 
 def test_decode_refuses_a_file_that_is_not_latents(out_dir):
