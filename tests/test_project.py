@@ -47,7 +47,7 @@ def test_main_job_runs(tmp_path):
     assert out.returncode == 0, out.stderr
     assert sorted(p.name for p in out_dir.iterdir()) == ["compare.mp4", "metrics.json", "reconstruction.mp4", "sample.mp4"]
     assert "sample         " in out.stdout and "(1, 18, 3, 32, 48) (B, T, C, H, W) @ 24 fps" in out.stdout
-    assert "latents        (1, 6, 32, 8, 12)  (B, T_lat, z, h, w)" in out.stdout
+    assert "latents        (1, 10, 32, 8, 12)  (B, T_lat, z, h, w)" in out.stdout
     assert "reconstruction (1, 18, 3, 32, 48)  (B, T, C, H, W)" in out.stdout
     report = json.loads((out_dir / "metrics.json").read_text())
     assert report["output"]["frames"] == 18 and len(report["per_frame"]) == 18

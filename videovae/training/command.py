@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     start.add_argument("--init", type=Path, default=None, help="fine-tune these weights (a checkpoint videovae.load reads)")
     p.add_argument("--data", default="photos", help="'photos' (the camera generator over scikit-image's photographs, default) or a folder of videos")
     p.add_argument("--out", type=Path, required=True, help="run folder: train_state.pt, history.json, model.safetensors")
-    p.add_argument("--steps", type=int, default=2800)
+    p.add_argument("--steps", type=int, default=4500)
     p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                    help="stop at this step of the --steps schedule (checkpoint and model written); rerun without it to go on")
     p.add_argument("--batch", type=int, default=2)
