@@ -1,4 +1,4 @@
-"""SVD VAE decode (and encode): videovae's SVDAutoencoder against diffusers' AutoencoderKLTemporalDecoder
+"""SVD VAE decode (and encode): videovae's SVDVAE against diffusers' AutoencoderKLTemporalDecoder
 on the same weights and inputs, on CPU.
 
 Reports the median wall time over --runs runs (after one warm-up), the peak resident memory the
@@ -52,20 +52,20 @@ def current_rss_kib() -> int:
 def run_worker(impl: str, op: str, weights: Path, inputs: Path, cfg_name: str, frames: int, runs: int, out: Path) -> dict:
     """Time one (implementation, operation) in this process; save its output to `out`."""
     sys.path.insert(0, str(ROOT))
-    from videovae.families.svd import SVDAutoencoder, SVDConfig
+    from videovae.families.svd import SVDVAE, SVDConfig
 
     cfg = SVDConfig(**CONFIGS[cfg_name])
     sd = load_file(weights)
     data = load_file(inputs)
     if impl == "videovae":
         with torch.device("meta"):
-            model = SVDAutoencoder(cfg)
+            model = SVDVAE(cfg)
         model.load_state_dict(sd, assign=True)
         if op == "decode":
             z = data["latents"]  # (B, T, z, h, w)
-            call = lambda: model.decode_clip(z).flatten(0, 1)  # noqa: E731  -> (B*T, 3, H, W)
-        else:
-            call = lambda: model.encode_frames(data["frames"])  # noqa: E731  (N, 3, H, W) -> (N, 2z, h, w)
+            call = lambda: model.decode_chunk(z.transpose(1, 2)).transpose(1, 2).flatten(0, 1)  # noqa: E731  -> (B*T, 3, H, W)
+        else:  # (N, 3, H, W) as one clip of N frames -> moments (N, 2z, h, w)
+            call = lambda: model.encode_chunk(data["frames"].transpose(0, 1)[None])[0].transpose(0, 1)  # noqa: E731
     else:
         from diffusers import AutoencoderKLTemporalDecoder
 

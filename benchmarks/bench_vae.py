@@ -44,7 +44,7 @@ def build_vae(version: int, dtype: str, layout: str, convs: str = "fast"):
         for p in model.parameters():
             p.mul_(0.5)
     if convs == "plain":  # the reference's computation: upsample then conv, 3 frame-convs per output
-        model.upsample_by_phases(False).winograd_in_time(False)
+        model.fast_paths(phase_split=False, winograd=False)
     vae = VideoVAE(model.to(getattr(torch, DTYPES[dtype])))
     return vae.to_channels_last() if layout == "channels_last" else vae
 
@@ -58,7 +58,7 @@ def count_flops(version: int, frames: int, height: int, width: int) -> dict:
 
     config = stepvideo.stepvideo_v1_config() if version == 1 else stepvideo.stepvideo_v2_config()
     with torch.device("meta"):
-        model = stepvideo.StepVideoVAE(config).upsample_by_phases(False).winograd_in_time(False)
+        model = stepvideo.StepVideoVAE(config).fast_paths(phase_split=False, winograd=False)
     layout = config.frame_layout
     counts = {}
     with torch.no_grad():

@@ -86,13 +86,13 @@ def _bad_calls(vae, tmp: Path):
 def _svd_convert_layout(layout):
     from safetensors.torch import load_file
 
-    from videovae.families.svd_checkpoint import convert_layout
+    from videovae.families.svd_layouts import convert_layout
 
     return convert_layout(load_file(SVD_FIXTURES / "svd_vae_tiny_original.safetensors"), layout)
 
 
 def _svd_convert_to(dst):
-    from videovae.families.svd_checkpoint import convert_svd_checkpoint
+    from videovae.convert import convert_svd_checkpoint
 
     return convert_svd_checkpoint(SVD_FIXTURES / "svd_vae_tiny_diffusers", dst, "original")
 

@@ -44,7 +44,7 @@ def test_decoder_by_phases_equals_plain_decoder(version):
     vae = videovae.load(stepvideo_weights(version), dtype=torch.float32)
     z = stepvideo_io(version)["mean_17f"]
     fast = vae.decode(z)
-    vae.model.upsample_by_phases(False)
+    vae.model.fast_paths(phase_split=False)
     plain = vae.decode(z)
     assert (fast - plain).abs().max() < 1e-5
     assert (plain - stepvideo_io(version)["dec_17f"]).abs().max() < 1e-4

@@ -153,8 +153,8 @@ def test_model_parameter_gradients_fast_paths_equal_plain_paths(version):
     torch.manual_seed(0)
     model = StepVideoVAE(V1 if version == 1 else V2)
     x = torch.randn(CLIP[version])
-    fast = _parameter_grads(model.upsample_by_phases(True).winograd_in_time(True), x)
-    plain = _parameter_grads(model.upsample_by_phases(False).winograd_in_time(False), x)
+    fast = _parameter_grads(model.fast_paths(phase_split=True, winograd=True), x)
+    plain = _parameter_grads(model.fast_paths(phase_split=False, winograd=False), x)
     missing = [n for n, g in fast.items() if g is None or not torch.isfinite(g).all() or g.abs().sum() == 0]
     assert missing == []
     _assert_same_parameter_grads(fast, plain)

@@ -16,7 +16,8 @@ import videovae
 from conftest import stepvideo_weights
 from videovae.chunking import OverlapBlender, crossfade_weights, overlap_windows, overlapped_windows
 from videovae.errors import CheckpointMismatchError
-from videovae.families.svd_checkpoint import convert_layout, convert_svd_checkpoint
+from videovae.convert import convert_svd_checkpoint
+from videovae.families.svd_layouts import convert_layout
 
 FIXTURES = Path(__file__).parent / "fixtures" / "svd"
 DIFFUSERS_DIR = FIXTURES / "svd_vae_tiny_diffusers"
@@ -53,7 +54,7 @@ LAYOUTS = {
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_every_layout_loads_and_matches_the_fixtures(layout, tmp_path, svd_io):
     vae = videovae.load(LAYOUTS[layout](tmp_path), dtype=torch.float32)
-    assert (vae.family, vae.version, vae.latent_channels) == ("svd", None, 4)
+    assert (vae.family, vae.version, vae.latent_channels) == ("svd", 1, 4)
     assert (vae.spatial_compression, vae.temporal_compression, vae.frames_per_chunk) == (2, 1, None)
     assert vae.config.block_out_channels == (32, 64) and vae.config.scaling_factor == 0.18215
     video = svd_io["input"].unsqueeze(0)  # (B=1, T=3, C, H, W)

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
+
+import videovae
 
 from videovae.errors import CheckpointMismatchError, LatentMismatchError, VideoLayoutError
-from videovae.families.svd import SVDAutoencoder, SVDConfig, config_from_shapes
-from videovae.families.svd_checkpoint import detect_svd_layout, diffusers_to_original, original_to_diffusers
+from videovae.families.svd import SVDVAE, SVDConfig, config_from_shapes
+from videovae.families.svd_layouts import detect_svd_layout, diffusers_to_original, original_to_diffusers
 
 FIXTURES = Path(__file__).parent / "fixtures" / "svd"
 DIFFUSERS_DIR = FIXTURES / "svd_vae_tiny_diffusers"
@@ -34,12 +36,22 @@ def assert_bit_exact(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]
     assert different == []
 
 
-def load_strict(sd: dict[str, torch.Tensor]) -> SVDAutoencoder:
+def load_strict(sd: dict[str, torch.Tensor]) -> SVDVAE:
     """Build on meta from the shapes alone, then load every tensor with assign=True, strict."""
     with torch.device("meta"):
-        model = SVDAutoencoder(config_from_shapes(shapes_of(sd)))
+        model = SVDVAE(config_from_shapes(shapes_of(sd)))
     model.load_state_dict(sd, assign=True)
     return model.eval()
+
+
+def encode_frames(model: SVDVAE, frames: torch.Tensor) -> torch.Tensor:
+    """Frames (N, C, H, W) -> moments (N, 2z, h, w) through the family interface (one clip of N frames)."""
+    return model.encode_chunk(frames.transpose(0, 1).unsqueeze(0))[0].transpose(0, 1)
+
+
+def decode_clip(model: SVDVAE, z: torch.Tensor) -> torch.Tensor:
+    """Latents (B, T, z, h, w) -> frames (B, T, C, H, W) through the family interface."""
+    return model.decode_chunk(z.transpose(1, 2)).transpose(1, 2)
 
 
 def split_moments(moments: torch.Tensor, z: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,7 +75,7 @@ def io() -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def model(diffusers_sd) -> SVDAutoencoder:
+def model(diffusers_sd) -> SVDVAE:
     return load_strict(diffusers_sd)
 
 
@@ -93,7 +105,7 @@ def test_default_config_is_the_released_svd_vae():
     assert (cfg.block_out_channels, cfg.layers_per_block, cfg.latent_channels) == ((128, 256, 512, 512), 2, 4)
     assert (cfg.scaling_factor, cfg.force_upcast, cfg.spatial_compression) == (0.18215, True, 8)
     with torch.device("meta"):
-        n_params = sum(p.numel() for p in SVDAutoencoder(cfg).parameters())
+        n_params = sum(p.numel() for p in SVDVAE(cfg).parameters())
     assert round(n_params / 1e6, 1) == 97.7  # REFERENCE.md: 97.7 M parameters
 
 
@@ -111,7 +123,7 @@ def test_config_from_diffusers_config_rejects_what_it_cannot_build():
 
 def test_encode_matches_fixture(model, io):
     with torch.no_grad():
-        mean, logvar = split_moments(model.encode_frames(io["input"]), model.config.latent_channels)
+        mean, logvar = split_moments(encode_frames(model, io["input"]), model.config.latent_channels)
     assert mean.shape == io["latent_mean"].shape == (3, 4, 32, 32)
     torch.testing.assert_close(mean, io["latent_mean"], atol=ATOL, rtol=0)
     torch.testing.assert_close(logvar, io["latent_logvar"], atol=ATOL, rtol=0)
@@ -120,8 +132,8 @@ def test_encode_matches_fixture(model, io):
 def test_decode_clip_matches_fixture(model, io):
     z = io["latent_mean"].unsqueeze(0)  # (B=1, T=3, 4, 32, 32)
     with torch.no_grad():
-        decoded = model.decode_clip(z)
-    assert decoded.shape == (1, 3, 3, 64, 64) and decoded.is_contiguous()
+        decoded = decode_clip(model, z)
+    assert decoded.shape == (1, 3, 3, 64, 64)
     assert decoded.abs().max() > 0.1  # not a degenerate output
     torch.testing.assert_close(decoded[0], io["decoded"], atol=ATOL, rtol=0)
 
@@ -130,7 +142,7 @@ def test_decoding_in_chunks_reproduces_the_pipeline_chunks(model, io):
     """StableVideoDiffusionPipeline with decode_chunk_size=2 decodes frames [0:2] and [2:3] apart."""
     z = io["latent_mean"].unsqueeze(0)
     with torch.no_grad():
-        chunked = torch.cat([model.decode_clip(z[:, 0:2]), model.decode_clip(z[:, 2:3])], dim=1)
+        chunked = torch.cat([decode_clip(model, z[:, 0:2]), decode_clip(model, z[:, 2:3])], dim=1)
     torch.testing.assert_close(chunked[0], io["decoded_chunked_2_1"], atol=ATOL, rtol=0)
     # and the chunks really differ from the whole-clip decode: the decoder mixes over T
     assert (io["decoded_chunked_2_1"] - io["decoded"]).abs().max() > 1e-3
@@ -141,16 +153,16 @@ def test_decoder_mixes_every_frame_and_clips_are_independent(model, io):
     later_changed = z.clone()
     later_changed[:, 2] += 1.0
     with torch.no_grad():
-        base = model.decode_clip(z)
-        two_clips = model.decode_clip(torch.cat([z, later_changed]))  # (B=2, T=3, ...)
+        base = decode_clip(model, z)
+        two_clips = decode_clip(model, torch.cat([z, later_changed]))  # (B=2, T=3, ...)
     torch.testing.assert_close(two_clips[:1], base, atol=ATOL, rtol=0)  # clip 1 does not leak into clip 0
     assert (two_clips[1, 0] - base[0, 0]).abs().max() > 1e-4  # not causal: frame 0 sees frame 2
 
 
 def test_encoder_is_per_frame(model, io):
     with torch.no_grad():
-        together = model.encode_frames(io["input"])
-        apart = torch.cat([model.encode_frames(frame[None]) for frame in io["input"]])
+        together = encode_frames(model, io["input"])
+        apart = torch.cat([encode_frames(model, frame[None]) for frame in io["input"]])
     torch.testing.assert_close(apart, together, atol=ATOL, rtol=0)
 
 
@@ -184,8 +196,8 @@ def test_original_to_diffusers_gives_the_diffusers_tensors(original_sd, diffuser
 def test_original_layout_loads_strictly_and_matches_fixture(original_sd, io):
     model = load_strict(original_to_diffusers(original_sd))
     with torch.no_grad():
-        mean, logvar = split_moments(model.encode_frames(io["input"]), 4)
-        decoded = model.decode_clip(io["latent_mean"].unsqueeze(0))[0]
+        mean, logvar = split_moments(encode_frames(model, io["input"]), 4)
+        decoded = decode_clip(model, io["latent_mean"].unsqueeze(0))[0]
     torch.testing.assert_close(mean, io["latent_mean"], atol=ATOL, rtol=0)
     torch.testing.assert_close(logvar, io["latent_logvar"], atol=ATOL, rtol=0)
     torch.testing.assert_close(decoded, io["decoded"], atol=ATOL, rtol=0)
@@ -197,7 +209,7 @@ def test_first_stage_encoder_route_uses_an_identity_quant_conv(original_sd, io):
     assert torch.equal(q[:, :, 0, 0], torch.eye(8)) and torch.equal(converted["quant_conv.bias"], torch.zeros(8))
     model = load_strict(converted)
     with torch.no_grad():
-        mean, logvar = split_moments(model.encode_frames(io["input"]), 4)
+        mean, logvar = split_moments(encode_frames(model, io["input"]), 4)
     # the folded conv_out differs from conv_out -> quant_conv only by float rounding
     torch.testing.assert_close(mean, io["latent_mean"], atol=ATOL, rtol=0)
     torch.testing.assert_close(logvar, io["latent_logvar"], atol=ATOL, rtol=0)
@@ -230,18 +242,18 @@ def test_folding_quant_conv_reproduces_the_first_stage_encoder(original_sd, diff
 # ---- errors -------------------------------------------------------------------------------------
 
 
-def test_strict_load_lists_missing_unexpected_and_misshaped_keys(diffusers_sd):
-    model = SVDAutoencoder(config_from_shapes(shapes_of(diffusers_sd)))
+def test_strict_load_lists_missing_unexpected_and_misshaped_keys(diffusers_sd, tmp_path):
     partial = dict(diffusers_sd)
     del partial["decoder.time_conv_out.bias"]
     partial["decoder.extra.weight"] = torch.zeros(1)
     partial["encoder.conv_in.bias"] = torch.zeros(31)
+    save_file(partial, str(tmp_path / "partial.safetensors"))
     with pytest.raises(CheckpointMismatchError) as err:
-        model.load_state_dict(partial)
+        videovae.load(tmp_path / "partial.safetensors")
     message = str(err.value)
-    assert "1 missing: decoder.time_conv_out.bias" in message
-    assert "1 unexpected: decoder.extra.weight" in message
-    assert "encoder.conv_in.bias (31,) (expected (32,))" in message
+    assert "1 missing: decoder.time_conv_out.bias [3]" in message
+    assert "1 unexpected: decoder.extra.weight [1]" in message
+    assert "encoder.conv_in.bias file [31] vs model [32]" in message
 
 
 def test_partial_state_dicts_raise_mismatch(diffusers_sd, original_sd):
@@ -271,12 +283,15 @@ def test_partial_state_dicts_raise_mismatch(diffusers_sd, original_sd):
 
 
 def test_inputs_in_the_wrong_layout_raise(model):
-    with pytest.raises(VideoLayoutError, match=r"\(B, T, 4, h, w\)"):
-        model.decode_clip(torch.zeros(3, 4, 8, 8))
+    vae = videovae.VideoVAE(model)
+    with pytest.raises(VideoLayoutError, match=r"must be 5D \(B, T_lat, z, h, w\)"):
+        vae.decode(torch.zeros(3, 4, 8, 8))
+    with pytest.raises(VideoLayoutError, match=r"look like \(B, z, T_lat, h, w\)"):
+        vae.decode(torch.zeros(1, 4, 3, 8, 8))  # (B, z, T, h, w) by mistake
     with pytest.raises(LatentMismatchError, match="channels"):
-        model.decode_clip(torch.zeros(1, 4, 3, 8, 8))  # (B, C, T, h, w) by mistake
-    with pytest.raises(VideoLayoutError, match=r"\(N, 3, H, W\)"):
-        model.encode_frames(torch.zeros(1, 2, 3, 16, 16))
+        vae.decode(torch.zeros(1, 3, 5, 8, 8))
+    with pytest.raises(VideoLayoutError, match=r"\(B, T, C, H, W\)"):
+        vae.encode(torch.zeros(1, 2, 3, 16, 16).transpose(1, 2))
 
 
 # ---- against diffusers itself --------------------------------------------------------------------
@@ -318,9 +333,9 @@ def test_matches_diffusers_on_random_configs():
         frames = torch.rand(B * T, cfg.in_channels, 8 * f, 8 * f, generator=generator) * 2 - 1  # folded (B*T, C, H, W)
         with torch.no_grad():
             posterior = reference.encode(frames).latent_dist
-            mean, logvar = split_moments(ours.encode_frames(frames), z)
+            mean, logvar = split_moments(encode_frames(ours, frames), z)
             want = reference.decode(posterior.mean, num_frames=T).sample  # (B*T, out, H, W)
-            got = ours.decode_clip(posterior.mean.unflatten(0, (B, T))).flatten(0, 1)
+            got = decode_clip(ours, posterior.mean.unflatten(0, (B, T))).flatten(0, 1)
         torch.testing.assert_close(mean, posterior.mean, atol=ATOL, rtol=0)
         torch.testing.assert_close(logvar, posterior.logvar, atol=ATOL, rtol=0)
         torch.testing.assert_close(got, want, atol=ATOL, rtol=0)

@@ -125,7 +125,7 @@ def test_model_with_winograd_matches_plain_convs():
     with torch.no_grad():
         moments, decoded = model.encode_chunk(x), None
         decoded = model.decode_chunk(moments[:, :4])
-        model.winograd_in_time(False)
+        model.fast_paths(winograd=False)
         plain_moments = model.encode_chunk(x)
         plain_decoded = model.decode_chunk(plain_moments[:, :4])
     assert (moments - plain_moments).abs().max() < 1e-4

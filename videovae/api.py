@@ -30,6 +30,7 @@ from .chunking import (
 from .distribution import LatentDistribution
 from .compute_dtype import parse_dtype, resolve_compute_dtype, warn_if_slow
 from .errors import OptionError, VideoLayoutError
+from .layers import channels_to_time, time_to_channels
 from .validation import (
     check_device,
     check_finite_output,
@@ -39,16 +40,6 @@ from .validation import (
     check_video_shape,
     warn_if_out_of_range,
 )
-
-
-def time_to_channels(x: Tensor) -> Tensor:
-    """(B, T, C, H, W) -> (B, C, T, H, W), a view."""
-    return x.transpose(1, 2)
-
-
-def channels_to_time(x: Tensor) -> Tensor:
-    """(B, C, T, H, W) -> (B, T, C, H, W), a view."""
-    return x.transpose(1, 2)
 
 
 class VideoVAE(nn.Module):

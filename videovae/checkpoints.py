@@ -14,79 +14,18 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors import safe_open
-from torch import Tensor, nn
+from torch import nn
 
 from .errors import CheckpointError, CheckpointMismatchError, CheckpointNotFoundError
 from .fileio import atomic_output
-from .families import stepvideo, svd, svd_checkpoint
+from .families import FAMILIES, FamilySpec
+from .families.spec import check_shapes_match, model_shapes
 
 _PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
-
-@dataclass(frozen=True)
-class Family:
-    """How to recognise, configure and build one model family from a state dict's keys and shapes."""
-
-    name: str
-    looks_like: Callable[[set[str]], bool]          # checkpoint keys -> is it this family?
-    to_module_key: Callable[[str], str]             # checkpoint key -> module key
-    config_from_shapes: Callable[[dict], object]    # module key -> shape  ->  config
-    build: Callable[[object], nn.Module]            # config -> model
-    describe: Callable[[object], str]               # config -> one-line description
-    # For layouts that are not one file key per module key (SVD's original single-file layout):
-    file_keys: Callable[[list[str]], list[str]] | None = None            # file keys the model reads (default all)
-    module_state: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None  # file tensors -> module
-                                                                         # state dict (default: to_module_key)
-    # A diffusers-style config.json beside the weights: (config from shapes, its dict, its path) -> config.
-    # None: the family has no such file and one there is not read.
-    config_file: Callable[[object, dict, str], object] | None = None
-    # module key -> the key a saved file uses (the released layout); default: the module key.
-    to_file_key: Callable[[str], str] | None = None
-
-    def module_shapes(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-        """File {key: shape} -> module {key: shape}, without reading tensor data."""
-        keys = self.file_keys(list(shapes)) if self.file_keys else list(shapes)
-        if self.module_state is None:
-            return {self.to_module_key(k): shapes[k] for k in keys}
-        meta = {k: torch.empty(shapes[k], device="meta") for k in keys}
-        return {k: tuple(t.shape) for k, t in self.module_state(meta).items()}
-
-    def to_module_state(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-        """File tensors (of `file_keys`) -> the module's state dict."""
-        if self.module_state is None:
-            return {self.to_module_key(k): t for k, t in tensors.items()}
-        return self.module_state(tensors)
-
-
-STEPVIDEO = Family(
-    name=stepvideo.FAMILY,
-    looks_like=stepvideo.looks_like,
-    to_module_key=stepvideo.checkpoint_to_module_key,
-    config_from_shapes=stepvideo.config_from_shapes,
-    build=stepvideo.StepVideoVAE,
-    describe=stepvideo.describe,
-    to_file_key=stepvideo.module_to_checkpoint_key,
-)
-
-# SVD files come in the diffusers layout (= module keys) or Stability's original one; to_module_key is
-# the identity and config_from_shapes reads either layout, so per-key callers (`videovae inspect`) work.
-SVD = Family(
-    name=svd.FAMILY,
-    looks_like=svd_checkpoint.looks_like,
-    to_module_key=lambda key: key,
-    config_from_shapes=svd_checkpoint.config_from_file_shapes,
-    build=svd.SVDAutoencoder,
-    describe=svd_checkpoint.describe,
-    file_keys=svd_checkpoint.file_keys,
-    module_state=svd_checkpoint.to_diffusers_state,
-    config_file=svd_checkpoint.config_with_diffusers_json,
-)
-
-FAMILIES: tuple[Family, ...] = (STEPVIDEO, SVD)
 
 DIFFUSERS_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
@@ -192,7 +131,7 @@ def _torch_dtype(name: str) -> torch.dtype:
     return _SAFETENSORS_DTYPES.get(name.upper(), torch.float32)
 
 
-def detect_family(shapes: dict[str, tuple[int, ...]], *, path: Path | None = None) -> Family:
+def detect_family(shapes: dict[str, tuple[int, ...]], *, path: Path | None = None) -> FamilySpec:
     """The family whose sentinel keys (as stored in files) are all present; else CheckpointMismatchError
     naming what the keys look like instead."""
     keys = set(shapes)
@@ -221,33 +160,18 @@ def _what_it_looks_like(keys: set[str], shapes: dict[str, tuple[int, ...]] | Non
         return f"it looks like a transformer (keys {top}), not a VAE"
     if not keys:
         return "it holds no tensors"
-    return (
-        f"{len(keys)} tensors under {top}; expected the keys of a Step-Video VAE "
-        f"({', '.join(stepvideo.SENTINEL_KEYS)}) or of an SVD VAE, in diffusers' layout "
-        f"({', '.join(svd._DIFFUSERS_SENTINELS)}) or Stability's original one ({svd._ORIGINAL_SENTINEL})"
-    )
+    return f"{len(keys)} tensors under {top}; expected the keys of " + " or of ".join(f.expects for f in FAMILIES)
 
 
-def _mismatch_report(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], limit: int = 20) -> str:
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    misshaped = sorted(k for k in set(expected) & set(found) if tuple(expected[k]) != tuple(found[k]))
-    parts = []
-
-    def listing(title: str, names: list[str], fmt: Callable[[str], str]) -> None:
-        if names:
-            shown = "; ".join(fmt(n) for n in names[:limit])
-            more = f"; ... and {len(names) - limit} more" if len(names) > limit else ""
-            parts.append(f"{len(names)} {title}: {shown}{more}")
-
-    listing("missing", missing, lambda k: f"{k} {list(expected[k])}")
-    listing("unexpected", unexpected, lambda k: f"{k} {list(found[k])}")
-    listing("mis-shaped", misshaped, lambda k: f"{k} file {list(found[k])} vs model {list(expected[k])}")
-    return "\n  ".join(parts)
+def module_shapes(family: FamilySpec, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """File {key: shape} -> the module's {key: shape}, through the family's key map on meta tensors
+    (no tensor data is read)."""
+    meta = {k: torch.empty(shapes[k], device="meta") for k in family.file_keys(shapes)}
+    return {k: tuple(t.shape) for k, t in family.module_state(meta).items()}
 
 
 def build_model(
-    shapes: dict[str, tuple[int, ...]], *, family: Family, source: str, config_file: tuple[dict, str] | None = None
+    shapes: dict[str, tuple[int, ...]], *, family: FamilySpec, source: str, config_file: tuple[dict, str] | None = None
 ) -> tuple[nn.Module, object]:
     """A meta-device model for module-key shapes, after checking that the shapes fit it exactly.
 
@@ -265,21 +189,16 @@ def build_model(
         config = family.config_file(config, *config_file)
     with torch.device("meta"):
         model = family.build(config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    report = _mismatch_report(expected, shapes)
-    if report:
-        raise CheckpointMismatchError(
-            f"{source} was detected as {family.describe(config)}, but its tensors do not match that model:\n  {report}"
-        )
+    check_shapes_match(model_shapes(model), shapes, f"{source} was detected as {family.describe(config)}")
     return model, config
 
 
-def plan_model(header: CheckpointHeader) -> tuple[Family, list[str], nn.Module, object]:
+def plan_model(header: CheckpointHeader) -> tuple[FamilySpec, list[str], nn.Module, object]:
     """Every check `load_model` makes before reading tensor data: the family, the file keys it
     reads, the model built on meta and its config. CheckpointMismatchError, naming the tensors,
     when the file would not load (missing, unexpected, mis-shaped or non-floating tensors)."""
     family = detect_family(header.shapes, path=header.path)
-    keys = family.file_keys(list(header.shapes)) if family.file_keys else list(header.shapes)
+    keys = family.file_keys(list(header.shapes))
     not_float = sorted(k for k in keys if not header.dtypes[k].is_floating_point)
     if not_float:
         shown = "; ".join(f"{k} {str(header.dtypes[k]).removeprefix('torch.')}" for k in not_float[:5])
@@ -289,12 +208,12 @@ def plan_model(header: CheckpointHeader) -> tuple[Family, list[str], nn.Module, 
             f"weights ({shown}{more}); the file is damaged or not a VAE checkpoint"
         )
     try:
-        module_shapes = family.module_shapes(header.shapes)
+        shapes = module_shapes(family, header.shapes)
     except CheckpointMismatchError as exc:
         raise CheckpointMismatchError(f"{header.path}: {exc}") from None
     config_json = load_config_beside(header.path) if family.config_file else None
     config_file = (config_json, str(header.path.parent / "config.json")) if config_json is not None else None
-    model, config = build_model(module_shapes, family=family, source=str(header.path), config_file=config_file)
+    model, config = build_model(shapes, family=family, source=str(header.path), config_file=config_file)
     return family, keys, model, config
 
 
@@ -322,7 +241,7 @@ def load_model(
         for key in keys:
             tensor = f.get_tensor(key)
             state[key] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
-    model.load_state_dict(family.to_module_state(state), strict=True, assign=True)
+    model.load_state_dict(family.module_state(state), strict=True, assign=True)
     _check_nothing_on_meta(model, header.path)
     return model.eval().requires_grad_(False), header
 
@@ -340,8 +259,8 @@ def _check_nothing_on_meta(model: nn.Module, source: Path) -> None:
         raise CheckpointMismatchError(f"{source}: {len(left)} tensors were not loaded from the file: {', '.join(left[:10])}")
 
 
-def family_of(model: nn.Module) -> Family:
-    """The Family of a built model (its `family` attribute)."""
+def family_of(model: nn.Module) -> FamilySpec:
+    """The FamilySpec of a built model (its `family` attribute)."""
     for family in FAMILIES:
         if family.name == getattr(model, "family", None):
             return family
@@ -353,9 +272,8 @@ def save_model(model: nn.Module, path: str | os.PathLike, *, metadata: dict[str,
     (the file is absent, old or complete). `load_model(path)` rebuilds it from the shapes alone."""
     from safetensors.torch import save_file
 
-    family = family_of(model)
-    to_file = family.to_file_key or (lambda key: key)
-    tensors = {to_file(k): v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors = family_of(model).file_state(state)
     with atomic_output(path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt", **(metadata or {})})
     return Path(path)

@@ -1,4 +1,5 @@
-"""Building blocks shared by the families. Every norm goes through `videovae_kernels.group_norm`."""
+"""Building blocks shared by the families, and the layout helpers. Every norm goes through
+`videovae_kernels.group_norm`."""
 
 from __future__ import annotations
 
@@ -149,9 +150,23 @@ def channel_group_mean(x: Tensor, out_channels: int) -> Tensor:
     return x.unflatten(1, (out_channels, x.shape[1] // out_channels)).mean(dim=2)
 
 
+def self_attention(x: Tensor, normed: Tensor, projections, *, causal: bool) -> Tensor:
+    """Single-head self-attention over every position of x: (N, C, *positions), in raster order,
+    plus the residual x. normed: the pre-norm of x; projections: ((weight (C, C), bias) of q, k, v
+    and the output); causal: causal at token level (Step-Video), else full (SVD's per-image one).
+
+    The result is written over the projected tokens and viewed back, so it is channels-last in memory.
+    """
+    tokens = normed.flatten(2).transpose(1, 2)  # (N, L, C)
+    (wq, bq), (wk, bk), (wv, bv), (wo, bo) = projections
+    q, k, v = F.linear(tokens, wq, bq), F.linear(tokens, wk, bk), F.linear(tokens, wv, bv)
+    attended = F.linear(F.scaled_dot_product_attention(q, k, v, is_causal=causal), wo, bo)  # (N, L, C)
+    return attended.transpose(1, 2).view(x.shape).add_(x)
+
+
 class CausalAttention(nn.Module):
-    """Single-head self-attention over all (t, h, w) tokens in raster order, causal at token level,
-    with a residual add. q, k, v, proj_out are 1x1x1 convs (keys `<name>.conv.weight`), run as linears.
+    """Step-Video's attention: `self_attention` over all (t, h, w) tokens of a chunk, causal at token
+    level. q, k, v, proj_out are 1x1x1 convs (keys `<name>.conv.weight`), run as linears.
     """
 
     def __init__(self, channels: int, per_frame_norm: bool):
@@ -162,19 +177,72 @@ class CausalAttention(nn.Module):
         self.v = CausalConv3d(channels, channels, kernel_size=1)
         self.proj_out = CausalConv3d(channels, channels, kernel_size=1)
 
-    @staticmethod
-    def _linear(tokens: Tensor, proj: CausalConv3d) -> Tensor:
-        return F.linear(tokens, proj.conv.weight.flatten(1), proj.conv.bias)
-
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, C, T, H, W) -> same shape."""
-        _, _, T, H, W = x.shape
-        tokens = rearrange(self.norm(x), "b c t h w -> b (t h w) c")  # (B, N, C)
-        q, k, v = (self._linear(tokens, p) for p in (self.q, self.k, self.v))
-        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, N, C)
-        out = self._linear(attended, self.proj_out)
-        out = rearrange(out, "b (t h w) c -> b c t h w", t=T, h=H, w=W)
-        return out.add_(x)
+        projections = [(p.conv.weight.flatten(1), p.conv.bias) for p in (self.q, self.k, self.v, self.proj_out)]
+        return self_attention(x, self.norm(x), projections, causal=True)
+
+
+class Downsample2d(nn.Module):
+    """Zero-pad one row at the bottom and one column at the right, then a 3x3 stride-2 conv on each
+    frame: (N, C, H, W) or (B, C, T, H, W) -> (..., H // 2, W // 2). Keys `conv.*`."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.pad(x, (0, 1, 0, 1))
+        return self.conv(x) if x.ndim == 4 else conv_per_frame(x, self.conv)
+
+
+class Upsample2d(nn.Module):
+    """Nearest x2 in (h, w), then a 3x3 conv on each frame: (N, C, H, W) or (B, C, T, H, W) ->
+    (..., 2H, 2W). Keys `conv.*`.
+
+    by_phases (default): the same result computed as four 2x2 convs on the low-res input
+    (`upsample2x_conv`), 2.25x fewer multiply-adds; False runs the plain upsample + conv.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.by_phases = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.by_phases:
+            return upsample2x_conv(x, self.conv.weight.unsqueeze(2), self.conv.bias, time=False)
+        if x.ndim == 4:
+            return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return conv_per_frame(F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest"), self.conv, padding=(1, 1))
+
+
+# ------------------------------------------------------------------------------------------------
+# Layouts. The public layout is (B, T, C, H, W); families compute on clips (B, C, T, H, W), and
+# per-image layers on folded frames (B*T, C, H, W), index b*T + t.
+
+
+def time_to_channels(x: Tensor) -> Tensor:
+    """(B, T, C, H, W) -> clip (B, C, T, H, W), a view."""
+    return x.transpose(1, 2)
+
+
+def channels_to_time(x: Tensor) -> Tensor:
+    """Clip (B, C, T, H, W) -> (B, T, C, H, W), a view."""
+    return x.transpose(1, 2)
+
+
+def clip_to_folded(x: Tensor) -> Tensor:
+    """Clip (B, C, T, H, W) -> folded (B*T, C, H, W). A strided view, not a copy."""
+    return rearrange(x, "b c t h w -> (b t) c h w")
+
+
+def folded_to_clip(x: Tensor, num_frames: int, *, contiguous: bool = True) -> Tensor:
+    """Folded (B*T, C, H, W) -> clip (B, C, T, H, W): one copy into a contiguous clip (what Conv3d
+    and the fused norm take), or with contiguous=False a strided view (for an output whose consumer
+    transposes back to (B, T, C, H, W))."""
+    clip = rearrange(x, "(b t) c h w -> b c t h w", t=num_frames)
+    return clip.contiguous() if contiguous else clip
 
 
 # ------------------------------------------------------------------------------------------------
@@ -215,22 +283,28 @@ def _phase_kernels(weight: Tensor, time_upsampled: bool) -> list[tuple[tuple[int
 def upsample2x_conv(x: Tensor, weight: Tensor, bias: Tensor | None, *, time: bool) -> Tensor:
     """Nearest x2 upsampling then a zero-padded conv, computed phase by phase on the low-res input.
 
-    x: (B, C_in, T, H, W).
+    x: (B, C_in, T, H, W), or with time=False also images (N, C_in, H, W).
     time=True:  x2 in (t, h, w), then a causal 3x3x3 conv (2 zero frames in front, H/W padded by 1);
                 weight (C_out, C_in, 3, 3, 3) -> (B, C_out, 2T, 2H, 2W).
     time=False: x2 in (h, w), then a per-frame 3x3 conv (H/W padded by 1);
-                weight (C_out, C_in, 1, 3, 3) -> (B, C_out, T, 2H, 2W).
+                weight (C_out, C_in, 1, 3, 3) -> (B, C_out, T, 2H, 2W) (or (N, C_out, 2H, 2W)).
     """
-    B, _, T, H, W = x.shape
+    image = x.ndim == 4
+    clip = x.unsqueeze(2) if image else x  # (B, C_in, T, H, W)
+    B, _, T, H, W = clip.shape
     C_out = weight.shape[0]
     # Low-res zero padding: one frame in front (causal) and one row/column on each side.
-    xp = F.pad(x, (1, 1, 1, 1, 1 if time else 0, 0))
+    xp = F.pad(clip, (1, 1, 1, 1, 1 if time else 0, 0))
     pt_count = 2 if time else 1
     out = x.new_empty((B, C_out, T, pt_count, H, 2, W, 2))  # phases interleave on the view below
     for (pt, ph, pw), kernel in _phase_kernels(weight, time):
         window = xp[:, :, :, ph : ph + H + 1, pw : pw + W + 1]  # phase ph starts at low-res row i-1+ph
-        out[:, :, :, pt, :, ph, :, pw] = F.conv3d(window, kernel, bias)
-    return out.view(B, C_out, T * pt_count, 2 * H, 2 * W)
+        if image:  # conv2d: a one-frame conv3d runs PyTorch's slow reference kernel on CPU
+            out[:, :, 0, pt, :, ph, :, pw] = F.conv2d(window[:, :, 0], kernel[:, :, 0], bias)
+        else:
+            out[:, :, :, pt, :, ph, :, pw] = F.conv3d(window, kernel, bias)
+    out = out.view(B, C_out, T * pt_count, 2 * H, 2 * W)
+    return out[:, :, 0] if image else out
 
 
 def add_upsampled_(h: Tensor, x: Tensor, *, time: bool) -> Tensor:

@@ -24,15 +24,17 @@ from ..errors import OptionError
 from ..layers import (
     CausalAttention,
     CausalConv3d,
+    Downsample2d,
     GroupNorm,
+    Upsample2d,
     add_upsampled_,
     channel_group_mean,
-    conv_per_frame,
     pad_time_front,
     pixel_shuffle_3d,
     pixel_unshuffle_3d,
     upsample2x_conv,
 )
+from .spec import Capabilities, FamilyModel, FamilySpec, block_indices
 
 FAMILY = "stepvideo"
 FRAMES_PER_CHUNK = 17
@@ -138,18 +140,6 @@ class MidBlock(nn.Module):
         return self.block_2(self.attn_1(self.block_1(x)))
 
 
-class Downsample2d(nn.Module):
-    """Per-frame 3x3 stride-2 conv after zero-padding one row at the bottom and one column at the right."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """x: (B, C, T, H, W) -> (B, C, T, H // 2, W // 2)."""
-        return conv_per_frame(F.pad(x, (0, 1, 0, 1)), self.conv)
-
-
 class Downsample3d(nn.Module):
     """Causal 3x3x3 conv with stride 2 in (t, h, w)."""
 
@@ -160,26 +150,6 @@ class Downsample3d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, C, T, H, W) -> (B, C, ceil(T / 2), ceil(H / 2), ceil(W / 2))."""
         return self.conv(x)
-
-
-class Upsample2d(nn.Module):
-    """Nearest x2 in (h, w), then a per-frame 3x3 conv.
-
-    by_phases (default): the same result computed as four 2x2 convs on the low-res input
-    (`layers.upsample2x_conv`), 2.25x fewer multiply-adds; False runs the plain upsample + conv.
-    """
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-        self.by_phases = True
-
-    def forward(self, x: Tensor) -> Tensor:
-        """x: (B, C, T, H, W) -> (B, C, T, 2H, 2W)."""
-        if self.by_phases:
-            return upsample2x_conv(x, self.conv.weight.unsqueeze(2), self.conv.bias, time=False)
-        x = F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest")
-        return conv_per_frame(x, self.conv, padding=(1, 1))
 
 
 class UpsampleResBlock(nn.Module):
@@ -356,10 +326,11 @@ class Decoder(nn.Module):
         return h[:, :, self.crop_frames:]
 
 
-class StepVideoVAE(nn.Module):
+class StepVideoVAE(FamilyModel):
     """Encoder and decoder of one chunk, channels-first: the family's model for `videovae.api`."""
 
     family = FAMILY
+    capabilities = Capabilities(seam_blend=True)
 
     def __init__(self, cfg: StepVideoConfig):
         super().__init__()
@@ -387,23 +358,6 @@ class StepVideoVAE(nn.Module):
         """z: (B, z, L, h, w), L <= latents_per_chunk -> (B, C, T, H, W)."""
         return self.decoder(z)
 
-    def upsample_by_phases(self, enabled: bool = True) -> "StepVideoVAE":
-        """Compute the decoder's upsampling convs phase by phase on the low-res input (the default,
-        faster, exact up to float rounding) or as upsample-then-conv (enabled=False)."""
-        for module in self.modules():
-            if hasattr(module, "by_phases"):
-                module.by_phases = enabled
-        return self
-
-
-    def winograd_in_time(self, enabled: bool = True) -> "StepVideoVAE":
-        """Run large float32 3x3x3 causal convs as Winograd tiles along time (the default, about 2x
-        fewer multiply-adds, exact up to float rounding; `videovae.winograd`) or as plain convs."""
-        for module in self.modules():
-            if isinstance(module, CausalConv3d):
-                module.winograd = enabled
-        return self
-
 
 # ------------------------------------------------------------------------------------------------
 # Checkpoint keys and config from shapes
@@ -428,14 +382,7 @@ def looks_like(keys: set[str]) -> bool:
 def config_from_shapes(shapes: dict[str, tuple[int, ...]]) -> StepVideoConfig:
     """Read every width, z, level and block count from module-key shapes (no hand-written config)."""
 
-    def levels(prefix: str) -> list[int]:
-        found = {int(m.group(1)) for k in shapes if (m := re.match(rf"^{prefix}\.(\d+)\.", k))}
-        return sorted(found)
-
-    def blocks(prefix: str) -> int:
-        return len({m.group(1) for k in shapes if (m := re.match(rf"^{prefix}\.block\.(\d+)\.", k))})
-
-    enc_levels, dec_levels = levels("encoder.down"), levels("decoder.up")
+    enc_levels, dec_levels = block_indices(shapes, "encoder.down"), block_indices(shapes, "decoder.up")
     version = 2 if "encoder.conv_patchify.conv.conv.weight" in shapes else 1
     conv_in = shapes["encoder.conv_in.conv.weight"]  # (width, in_channels, 3, 3, 3)
     z2 = shapes["encoder.conv_out.conv.weight"][0]   # (2z, C or P, 3, 3, 3)
@@ -446,10 +393,10 @@ def config_from_shapes(shapes: dict[str, tuple[int, ...]]) -> StepVideoConfig:
         out_channels=shapes["decoder.conv_out.conv.weight"][0],
         encoder_in_width=conv_in[0],
         encoder_widths=tuple(shapes[f"encoder.down.{i}.block.0.conv1.conv.weight"][0] for i in enc_levels),
-        encoder_blocks=blocks("encoder.down.0"),
+        encoder_blocks=len(block_indices(shapes, "encoder.down.0.block")),
         encoder_temporal_levels=tuple(i for i in enc_levels if f"encoder.down.{i}.downsample.conv.conv.weight" in shapes),
         decoder_widths=tuple(shapes[f"decoder.up.{i}.block.0.conv1.conv.weight"][0] for i in dec_levels),
-        decoder_blocks=blocks("decoder.up.0"),
+        decoder_blocks=len(block_indices(shapes, "decoder.up.0.block")),
         decoder_temporal_levels=tuple(i for i in dec_levels if f"decoder.up.{i}.upsample.conv3d.conv1.conv.weight" in shapes),
         patch_channels=shapes["encoder.conv_out.conv.weight"][1] if version == 2 else None,
     )
@@ -457,3 +404,23 @@ def config_from_shapes(shapes: dict[str, tuple[int, ...]]) -> StepVideoConfig:
 
 def describe(cfg: StepVideoConfig) -> str:
     return f"Step-Video VAE v{cfg.version} (z={cfg.z_channels}, {cfg.frame_layout.spatial_factor}x spatial)"
+
+
+def _module_state(tensors):
+    return {checkpoint_to_module_key(k): v for k, v in tensors.items()}
+
+
+def _file_state(state):
+    return {module_to_checkpoint_key(k): v for k, v in state.items()}
+
+
+SPEC = FamilySpec(
+    name=FAMILY,
+    looks_like=looks_like,
+    expects=f"a Step-Video VAE ({', '.join(SENTINEL_KEYS)})",
+    config_from_shapes=config_from_shapes,
+    build=StepVideoVAE,
+    describe=describe,
+    module_state=_module_state,
+    file_state=_file_state,
+)

@@ -11,7 +11,7 @@ Architecture (facts from diffusers 0.42 and Stability's sgm code; see REFERENCE.
 
 The module tree and parameter names equal diffusers' exactly, so a diffusers safetensors loads
 strictly with no renaming. The original Stability single-file layout, its detection and the
-conversions between layouts are in `svd_checkpoint.py`.
+conversions between layouts are in `svd_layouts.py`.
 
 Layouts inside this file: "folded" activations are (B*T, C, H, W) with index b*T + t (what
 diffusers passes around); "clip" activations are (B, C, T, H, W) for the temporal convolutions.
@@ -20,31 +20,23 @@ diffusers passes around); "clip" activations are (B, C, T, H, W) for the tempora
 from __future__ import annotations
 
 import dataclasses
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
-from videovae.chunking import FrameLayout
-from videovae.errors import (
-    CheckpointMismatchError,
-    LatentMismatchError,
-    OptionError,
-    VideoLayoutError,
-)
-from videovae.layers import GroupNorm
+from ..chunking import FrameLayout
+from ..errors import CheckpointMismatchError, OptionError
+from ..layers import Downsample2d, GroupNorm, Upsample2d, clip_to_folded, folded_to_clip, self_attention
+from .spec import Capabilities, FamilyModel, block_indices
 
-__all__ = ["SVDConfig", "SVDAutoencoder", "config_from_shapes"]
+__all__ = ["SVDConfig", "SVDVAE", "config_from_shapes"]
 
 FAMILY = "svd"
 DIFFUSERS_CLASS_NAME = "AutoencoderKLTemporalDecoder"
 ENCODER_BLOCK_TYPE = "DownEncoderBlock2D"
-LOGVAR_RANGE = (-30.0, 20.0)  # diffusers' DiagonalGaussianDistribution clamp
 
 # Epsilons, fixed by the architecture (not in diffusers' config).
 SPATIAL_EPS = 1e-6  # every 2D group norm, attention norms, conv_norm_out
@@ -124,40 +116,6 @@ class SVDConfig:
             "scaling_factor": self.scaling_factor,
             "force_upcast": self.force_upcast,
         }
-
-
-# --------------------------------------------------------------------------------------------
-# Layout helpers
-# --------------------------------------------------------------------------------------------
-
-
-def frames_to_batch(x: Tensor) -> Tensor:
-    """(B, T, C, H, W) -> folded (B*T, C, H, W), index b*T + t. A view for a contiguous input."""
-    return rearrange(x, "b t c h w -> (b t) c h w")
-
-
-def batch_to_frames(x: Tensor, num_frames: int) -> Tensor:
-    """Folded (B*T, C, H, W) -> (B, T, C, H, W). A view."""
-    return rearrange(x, "(b t) c h w -> b t c h w", t=num_frames)
-
-
-def folded_to_clip(x: Tensor, num_frames: int) -> Tensor:
-    """Folded (B*T, C, H, W) -> contiguous (B, C, T, H, W), the layout Conv3d and the kernels take.
-
-    One copy: the fused group norm is specified for contiguous / channels-last-3d clips only.
-    """
-    return rearrange(x, "(b t) c h w -> b c t h w", t=num_frames).contiguous()
-
-
-def clip_to_folded(x: Tensor) -> Tensor:
-    """(B, C, T, H, W) -> folded (B*T, C, H, W). A strided view, not a copy."""
-    return rearrange(x, "b c t h w -> (b t) c h w")
-
-
-def folded_to_clip_view(x: Tensor, num_frames: int) -> Tensor:
-    """Folded (B*T, C, H, W) -> (B, C, T, H, W) as a strided view (no copy), for outputs whose
-    consumer transposes back to (B, T, C, H, W)."""
-    return rearrange(x, "(b t) c h w -> b c t h w", t=num_frames)
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,33 +202,8 @@ class Attention(nn.Module):
         self.to_out = nn.ModuleList([nn.Linear(channels, channels)])
 
     def forward(self, x: Tensor) -> Tensor:
-        height = x.shape[-2]
-        tokens = rearrange(self.group_norm(x), "n c h w -> n (h w) c")  # (N, L, C)
-        attended = F.scaled_dot_product_attention(self.to_q(tokens), self.to_k(tokens), self.to_v(tokens))
-        out = rearrange(self.to_out[0](attended), "n (h w) c -> n c h w", h=height)
-        return out + x
-
-
-class Downsample2D(nn.Module):
-    """Pad right and bottom by one, then a stride-2 3x3 conv: (N, C, H, W) -> (N, C, H/2, W/2)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.pad(x, (0, 1, 0, 1)))
-
-
-class Upsample2D(nn.Module):
-    """Nearest x2, then a 3x3 conv: (N, C, H, W) -> (N, C, 2H, 2W)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        projections = [(p.weight, p.bias) for p in (self.to_q, self.to_k, self.to_v, self.to_out[0])]
+        return self_attention(x, self.group_norm(x), projections, causal=False)
 
 
 class EncoderDownBlock(nn.Module):
@@ -279,7 +212,7 @@ class EncoderDownBlock(nn.Module):
         self.resnets = nn.ModuleList(
             ResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, groups) for i in range(num_layers)
         )
-        self.downsamplers = nn.ModuleList([Downsample2D(out_channels)]) if downsample else None
+        self.downsamplers = nn.ModuleList([Downsample2d(out_channels)]) if downsample else None
 
     def forward(self, x: Tensor) -> Tensor:
         for resnet in self.resnets:
@@ -346,7 +279,7 @@ class DecoderUpBlock(nn.Module):
             for i in range(num_layers)
         )
         if upsample:  # absent on the last block, as in diffusers (no `upsamplers` key at all)
-            self.upsamplers = nn.ModuleList([Upsample2D(out_channels)])
+            self.upsamplers = nn.ModuleList([Upsample2d(out_channels)])
         else:
             self.upsamplers = None
 
@@ -388,13 +321,17 @@ class TemporalDecoder(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-class SVDAutoencoder(nn.Module):
-    """The SVD VAE. state_dict keys equal diffusers' `AutoencoderKLTemporalDecoder` keys.
+class SVDVAE(FamilyModel):
+    """The SVD VAE, channels-first clips: the family's model for `videovae.api`. state_dict keys
+    equal diffusers' `AutoencoderKLTemporalDecoder` keys.
 
-    Build on the meta device and load with `load_state_dict(sd, assign=True)` to avoid a second copy
-    of the weights; a strict load raises `CheckpointMismatchError` listing missing, unexpected and
-    mis-shaped keys.
+    Every frame is encoded on its own; the decoder's temporal layers mix all frames of the clip it
+    is given, so a long video is decoded in overlapping windows (`capabilities.stream_window`).
     """
+
+    family = FAMILY
+    version = 1  # the one released SVD VAE (SVD and SVD-XT share it)
+    capabilities = Capabilities(stream_window=(16, 4))
 
     def __init__(self, config: SVDConfig = SVDConfig()):
         super().__init__()
@@ -402,42 +339,6 @@ class SVDAutoencoder(nn.Module):
         self.encoder = Encoder(config)
         self.decoder = TemporalDecoder(config)
         self.quant_conv = nn.Conv2d(2 * config.latent_channels, 2 * config.latent_channels, 1)
-
-    def encode_frames(self, x: Tensor) -> Tensor:
-        """Frames (N, in_channels, H, W) in [-1, 1] -> moments (N, 2z, H/f, W/f), f = 8 for SVD.
-
-        Every frame is encoded on its own. mean = moments[:, :z], logvar = moments[:, z:] (clamp it to
-        [-30, 20] as diffusers does; see `LOGVAR_RANGE`).
-        """
-        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
-            raise VideoLayoutError(
-                f"SVDAutoencoder.encode_frames takes frames (N, {self.config.in_channels}, H, W); got "
-                f"{tuple(x.shape)}. Fold a video (B, T, C, H, W) into (B*T, C, H, W) first"
-            )
-        return self.quant_conv(self.encoder(x))
-
-    def decode_clip(self, z: Tensor) -> Tensor:
-        """Latents (B, T, z, h, w) -> frames (B, T, out_channels, h*f, w*f), raw latent scale (no
-        1/scaling_factor applied). The temporal layers mix all T frames of each clip."""
-        z_ch = self.config.latent_channels
-        if z.ndim != 5:
-            raise VideoLayoutError(
-                f"SVDAutoencoder.decode_clip takes latents (B, T, {z_ch}, h, w); got a {z.ndim}D tensor "
-                f"{tuple(z.shape)}"
-            )
-        if z.shape[2] != z_ch:
-            raise LatentMismatchError(
-                f"SVDAutoencoder.decode_clip takes latents (B, T, {z_ch}, h, w); got {tuple(z.shape)} "
-                f"with {z.shape[2]} channels at dim 2"
-            )
-        num_frames = z.shape[1]
-        frames = self.decoder(frames_to_batch(z), num_frames)  # (B*T, out, H, W)
-        return batch_to_frames(frames, num_frames).contiguous()
-
-    # -- the family interface of videovae.api.VideoVAE (channels-first clips) ---------------------
-
-    family = FAMILY
-    version = None
 
     @property
     def latent_channels(self) -> int:
@@ -451,40 +352,27 @@ class SVDAutoencoder(nn.Module):
         )
 
     def encode_chunk(self, x: Tensor) -> Tensor:
-        """x: (B, C, T, H, W) -> moments (B, 2z, T, h, w); every frame is encoded on its own."""
+        """x: (B, C, T, H, W) -> moments (B, 2z, T, h, w), raw latent scale; every frame on its own."""
         num_frames = x.shape[2]
-        moments = self.encode_frames(clip_to_folded(x))  # (B*T, 2z, h, w)
-        return folded_to_clip_view(moments, num_frames)  # (B, 2z, T, h, w)
+        moments = self.quant_conv(self.encoder(clip_to_folded(x)))  # (B*T, 2z, h, w)
+        return folded_to_clip(moments, num_frames, contiguous=False)
 
     def decode_chunk(self, z: Tensor) -> Tensor:
-        """z: (B, z, T, h, w) -> frames (B, C, T, H, W); the temporal layers mix all T frames."""
+        """z: (B, z, T, h, w), raw latent scale -> frames (B, C, T, H, W); the temporal layers mix
+        all T frames."""
         num_frames = z.shape[2]
         frames = self.decoder(clip_to_folded(z), num_frames)  # (B*T, C, H, W)
-        return folded_to_clip_view(frames, num_frames)  # (B, C, T, H, W)
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
-        """nn.Module.load_state_dict, but a strict load checks names and shapes first and raises
-        `CheckpointMismatchError` listing every problem."""
-        if strict:
-            expected = {name: tuple(t.shape) for name, t in self.state_dict().items()}
-            _check_keys(expected, {name: tuple(t.shape) for name, t in state_dict.items()}, self.config)
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        return folded_to_clip(frames, num_frames, contiguous=False)
 
 
 # --------------------------------------------------------------------------------------------
 # Config from shapes, key checks
 # --------------------------------------------------------------------------------------------
 
-_DIFFUSERS_SENTINELS = (
+DIFFUSERS_SENTINELS = (
     "encoder.conv_in.weight", "decoder.conv_in.weight", "decoder.time_conv_out.weight", "quant_conv.weight",
 )
-_ORIGINAL_SENTINEL = "first_stage_model.decoder.conv_out.time_mix_conv.weight"
-
-
-def _indices(keys: Iterable[str], pattern: str) -> list[int]:
-    """Sorted distinct integers captured by `pattern` (one group) at the start of keys."""
-    found = {int(m.group(1)) for k in keys if (m := re.match(pattern, k))}
-    return sorted(found)
+ORIGINAL_SENTINEL = "first_stage_model.decoder.conv_out.time_mix_conv.weight"
 
 
 def config_from_shapes(shapes: Mapping[str, tuple[int, ...]]) -> SVDConfig:
@@ -493,18 +381,18 @@ def config_from_shapes(shapes: Mapping[str, tuple[int, ...]]) -> SVDConfig:
     shapes: {key: shape}. scaling_factor and force_upcast are not in the weights: the released
     model's values are used. Raises CheckpointMismatchError when the keys are not this layout.
     """
-    missing = [k for k in _DIFFUSERS_SENTINELS if k not in shapes]
+    missing = [k for k in DIFFUSERS_SENTINELS if k not in shapes]
     if missing:
         hint = ""
-        if _ORIGINAL_SENTINEL in shapes:
+        if ORIGINAL_SENTINEL in shapes:
             hint = "; these are Stability's original key names: convert with original_to_diffusers first"
         elif "conv_in.weight" in shapes and len(shapes["conv_in.weight"]) == 4 and shapes["conv_in.weight"][1] == 8:
             hint = "; conv_in takes 8 channels: this looks like an SVD UNet, not its VAE"
         raise CheckpointMismatchError(
             f"not an SVD VAE ({DIFFUSERS_CLASS_NAME}) state dict in diffusers layout: missing {missing}{hint}"
         )
-    down = _indices(shapes, r"encoder\.down_blocks\.(\d+)\.")
-    up = _indices(shapes, r"decoder\.up_blocks\.(\d+)\.")
+    down = block_indices(shapes, "encoder.down_blocks")
+    up = block_indices(shapes, "decoder.up_blocks")
     if not down or down != list(range(len(down))) or up != down:
         raise CheckpointMismatchError(
             f"SVD VAE: encoder down blocks {down} and decoder up blocks {up} must both be 0..n-1"
@@ -513,8 +401,8 @@ def config_from_shapes(shapes: Mapping[str, tuple[int, ...]]) -> SVDConfig:
         widths = tuple(shapes[f"encoder.down_blocks.{i}.resnets.0.conv1.weight"][0] for i in down)
     except KeyError as e:
         raise CheckpointMismatchError(f"SVD VAE: missing {e.args[0]} needed to read the block widths") from None
-    layers = _indices(shapes, r"encoder\.down_blocks\.0\.resnets\.(\d+)\.")
-    up_layers = _indices(shapes, r"decoder\.up_blocks\.0\.resnets\.(\d+)\.")
+    layers = block_indices(shapes, "encoder.down_blocks.0.resnets")
+    up_layers = block_indices(shapes, "decoder.up_blocks.0.resnets")
     if len(up_layers) != len(layers) + 1:
         raise CheckpointMismatchError(
             f"SVD VAE: encoder blocks have {len(layers)} resnets, so decoder up blocks need {len(layers) + 1}; "
@@ -536,44 +424,30 @@ def config_from_shapes(shapes: Mapping[str, tuple[int, ...]]) -> SVDConfig:
     )
 
 
-def _expected_shapes(cfg: SVDConfig) -> dict[str, tuple[int, ...]]:
-    """{key: shape} of SVDAutoencoder(cfg), built on the meta device (no memory)."""
-    with torch.device("meta"):
-        model = SVDAutoencoder(cfg)
-    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+def config_with_diffusers_json(cfg: SVDConfig, data: Mapping[str, Any], source: str = "config.json") -> SVDConfig:
+    """cfg (read from the weights' shapes) completed by a diffusers config.json: its scaling_factor and
+    force_upcast, which the weights do not hold. Raises CheckpointMismatchError when the file is the
+    config of another class or describes another architecture than the weights."""
+    class_name = data.get("_class_name", DIFFUSERS_CLASS_NAME)
+    if class_name != DIFFUSERS_CLASS_NAME:
+        raise CheckpointMismatchError(
+            f"{source} is the config of a {class_name}, but the weights beside it are an SVD VAE "
+            f"({DIFFUSERS_CLASS_NAME}); move the weights file or that config.json"
+        )
+    try:
+        declared = SVDConfig.from_diffusers_config(data)
+    except (TypeError, ValueError) as e:
+        raise CheckpointMismatchError(f"{source}: {e}") from None
+    structural = [f.name for f in dataclasses.fields(SVDConfig) if f.name not in ("scaling_factor", "force_upcast")]
+    differ = [f"{n}: config.json {getattr(declared, n)} vs weights {getattr(cfg, n)}"
+              for n in structural if getattr(declared, n) != getattr(cfg, n)]
+    if differ:
+        raise CheckpointMismatchError(f"{source} does not describe the weights beside it: " + "; ".join(differ))
+    return dataclasses.replace(cfg, scaling_factor=declared.scaling_factor, force_upcast=declared.force_upcast)
 
 
-def _check_keys(
-    expected: Mapping[str, tuple[int, ...]],
-    got: Mapping[str, tuple[int, ...]],
-    cfg: SVDConfig,
-    layout: str = "diffusers",
-) -> None:
-    """Raise CheckpointMismatchError listing missing, unexpected and mis-shaped keys, if any."""
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    misshaped = sorted(k for k in set(expected) & set(got) if tuple(expected[k]) != tuple(got[k]))
-    if not (missing or unexpected or misshaped):
-        return
-
-    def listing(title: str, names: list[str], show=lambda k: k) -> str:
-        more = f", ... ({len(names) - 12} more)" if len(names) > 12 else ""
-        return f"\n  {len(names)} {title}: " + ", ".join(show(k) for k in names[:12]) + more
-
-    message = f"SVD VAE ({DIFFUSERS_CLASS_NAME}, {layout} layout, config {cfg}) does not match the state dict:"
-    if missing:
-        message += listing("missing", missing)
-    if unexpected:
-        message += listing("unexpected", unexpected)
-    if misshaped:
-        message += listing("mis-shaped", misshaped, lambda k: f"{k} {tuple(got[k])} (expected {tuple(expected[k])})")
-    if any(k.startswith(("first_stage_model.", "conditioner.")) for k in unexpected):
-        message += "\n  (original Stability key names: convert with original_to_diffusers)"
-    raise CheckpointMismatchError(message)
-
-
-def _check_diffusers_state_dict(sd: Mapping[str, Tensor]) -> SVDConfig:
-    shapes = {k: tuple(v.shape) for k, v in sd.items()}
-    cfg = config_from_shapes(shapes)
-    _check_keys(_expected_shapes(cfg), shapes, cfg)
-    return cfg
+def describe(cfg: SVDConfig) -> str:
+    return (
+        f"SVD VAE ({DIFFUSERS_CLASS_NAME}, blocks {cfg.block_out_channels} x {cfg.layers_per_block} layers, "
+        f"z={cfg.latent_channels}, {cfg.spatial_compression}x spatial)"
+    )

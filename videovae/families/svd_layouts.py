@@ -1,40 +1,33 @@
-"""SVD VAE checkpoints: the diffusers and original (Stability single-file) key layouts, how
-`videovae.checkpoints` recognises and reads either, and bit-exact conversion between them. The model
-itself and its config live in `svd.py`."""
-
+"""SVD VAE checkpoint layouts: diffusers' (`AutoencoderKLTemporalDecoder`, the module's own keys)
+and Stability's original single-file one; recognising either, bit-exact renames between them, and
+the family spec the loader reads (`SPEC`). Dicts of tensors in, dicts out: no file I/O (the
+converter, `videovae.convert`, writes files). The model and its config live in `svd.py`."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-from videovae.errors import CheckpointMismatchError, OptionError
-
+from ..errors import CheckpointMismatchError, OptionError
+from .spec import FamilySpec, block_indices, check_shapes_match, model_shapes
 from .svd import (
-    _ORIGINAL_SENTINEL,
-    DIFFUSERS_CLASS_NAME,
+    DIFFUSERS_SENTINELS,
+    ORIGINAL_SENTINEL,
+    FAMILY,
     SVDConfig,
-    _check_diffusers_state_dict,
-    _check_keys,
-    _expected_shapes,
-    _indices,
+    SVDVAE,
     config_from_shapes,
+    config_with_diffusers_json,
+    describe,
 )
 
-__all__ = [
-    "original_to_diffusers",
-    "diffusers_to_original",
-    "detect_svd_layout",
-    "convert_layout",
-    "convert_svd_checkpoint",
-]
+__all__ = ["original_to_diffusers", "diffusers_to_original", "detect_svd_layout", "convert_layout", "SPEC"]
+
+LAYOUTS = ("diffusers", "original")
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,8 +146,14 @@ def _group_to_diffusers(
     return out
 
 
-def _group_blocks(keys: Iterable[str], prefix: str, pattern: str) -> int:
-    return len(_indices((k[len(prefix):] for k in keys if k.startswith(prefix)), pattern))
+def _check_complete(sd: Mapping[str, Tensor], layout: str) -> SVDConfig:
+    """The config of a diffusers-layout state dict; CheckpointMismatchError unless it is a complete VAE."""
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    cfg = config_from_shapes(shapes)
+    with torch.device("meta"):
+        expected = model_shapes(SVDVAE(cfg))
+    check_shapes_match(expected, shapes, f"this state dict ({layout} layout) looks like {describe(cfg)}")
+    return cfg
 
 
 def detect_svd_layout(keys: Iterable[str]) -> Literal["diffusers", "original"] | None:
@@ -163,7 +162,7 @@ def detect_svd_layout(keys: Iterable[str]) -> Literal["diffusers", "original"] |
     keys = set(keys)
     if "decoder.time_conv_out.weight" in keys and "decoder.conv_in.weight" in keys:
         return "diffusers"
-    if _ORIGINAL_SENTINEL in keys:
+    if ORIGINAL_SENTINEL in keys:
         return "original"
     return None
 
@@ -184,7 +183,7 @@ def original_to_diffusers(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
         raise CheckpointMismatchError(
             f"original-layout SVD VAE: no {DECODER_PREFIX}* keys (detected layout: {detect_svd_layout(keys)})"
         )
-    num_blocks = _group_blocks(keys, DECODER_PREFIX, r"up\.(\d+)\.")
+    num_blocks = len(block_indices(keys, DECODER_PREFIX + "up"))
     unmatched: list[str] = []
     out = _group_to_diffusers(
         sd, DECODER_PREFIX, "decoder.", lambda n: _to_diffusers_name(n, num_blocks, decoder=True), unmatched
@@ -194,7 +193,7 @@ def original_to_diffusers(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
         encoder_prefix, quant_prefix = cond_encoder, COND_ENCODER_PREFIX + "quant_conv."
     else:
         encoder_prefix, quant_prefix = FIRST_STAGE_PREFIX + "encoder.", FIRST_STAGE_PREFIX + "quant_conv."
-    encoder_blocks = _group_blocks(keys, encoder_prefix, r"down\.(\d+)\.")
+    encoder_blocks = len(block_indices(keys, encoder_prefix + "down"))
     out |= _group_to_diffusers(
         sd, encoder_prefix, "encoder.", lambda n: _to_diffusers_name(n, encoder_blocks, decoder=False), unmatched
     )
@@ -210,12 +209,10 @@ def original_to_diffusers(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
         raise CheckpointMismatchError(
             f"original-layout SVD VAE: {len(unmatched)} key(s) with no diffusers counterpart: {sorted(unmatched)[:12]}"
         )
-    shapes = {k: tuple(v.shape) for k, v in out.items()}
     try:
-        cfg = config_from_shapes(shapes)
+        _check_complete(out, "original, renamed to diffusers")
     except CheckpointMismatchError as e:
         raise CheckpointMismatchError(f"original-layout SVD VAE, after renaming: {e}") from None
-    _check_keys(_expected_shapes(cfg), shapes, cfg, layout="original (renamed to diffusers)")
     return out
 
 
@@ -230,7 +227,7 @@ def diffusers_to_original(sd: Mapping[str, Tensor], encoder_prefix: str = COND_E
     exact only when Q is the identity). Raises CheckpointMismatchError if sd is not a complete
     diffusers-layout SVD VAE.
     """
-    cfg = _check_diffusers_state_dict(sd)
+    cfg = _check_complete(sd, "diffusers")
     num_blocks = len(cfg.block_out_channels)
     if encoder_prefix and not encoder_prefix.endswith("."):
         encoder_prefix += "."
@@ -281,60 +278,11 @@ def file_keys(keys: Iterable[str]) -> list[str]:
 
 
 def to_diffusers_state(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """A file's tensors, in either layout -> the diffusers-layout state dict SVDAutoencoder loads."""
+    """A file's tensors, in either layout -> the diffusers-layout state dict SVDVAE loads."""
     return original_to_diffusers(sd) if detect_svd_layout(sd) == "original" else dict(sd)
 
 
-def _meta(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Tensor]:
-    return {k: torch.empty(s, device="meta") for k, s in shapes.items()}
-
-
-def diffusers_shapes(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-    """{key: shape} of a file in either layout -> {diffusers key: shape}, without any tensor data."""
-    vae_shapes = {k: shapes[k] for k in file_keys(shapes)}
-    return {k: tuple(t.shape) for k, t in to_diffusers_state(_meta(vae_shapes)).items()}
-
-
-def config_from_file_shapes(shapes: Mapping[str, tuple[int, ...]]) -> SVDConfig:
-    """The SVDConfig of a file in either layout, from its key names and shapes alone."""
-    return config_from_shapes(diffusers_shapes(shapes))
-
-
-def config_with_diffusers_json(cfg: SVDConfig, data: Mapping[str, Any], source: str = "config.json") -> SVDConfig:
-    """cfg (read from the weights' shapes) completed by a diffusers config.json: its scaling_factor and
-    force_upcast, which the weights do not hold. Raises CheckpointMismatchError when the file is the
-    config of another class or describes another architecture than the weights."""
-    class_name = data.get("_class_name", DIFFUSERS_CLASS_NAME)
-    if class_name != DIFFUSERS_CLASS_NAME:
-        raise CheckpointMismatchError(
-            f"{source} is the config of a {class_name}, but the weights beside it are an SVD VAE "
-            f"({DIFFUSERS_CLASS_NAME}); move the weights file or that config.json"
-        )
-    try:
-        declared = SVDConfig.from_diffusers_config(data)
-    except (TypeError, ValueError) as e:
-        raise CheckpointMismatchError(f"{source}: {e}") from None
-    structural = [f.name for f in dataclasses.fields(SVDConfig) if f.name not in ("scaling_factor", "force_upcast")]
-    differ = [f"{n}: config.json {getattr(declared, n)} vs weights {getattr(cfg, n)}"
-              for n in structural if getattr(declared, n) != getattr(cfg, n)]
-    if differ:
-        raise CheckpointMismatchError(f"{source} does not describe the weights beside it: " + "; ".join(differ))
-    return dataclasses.replace(cfg, scaling_factor=declared.scaling_factor, force_upcast=declared.force_upcast)
-
-
-def describe(cfg: SVDConfig) -> str:
-    return (
-        f"SVD VAE ({DIFFUSERS_CLASS_NAME}, blocks {cfg.block_out_channels} x {cfg.layers_per_block} layers, "
-        f"z={cfg.latent_channels}, {cfg.spatial_compression}x spatial)"
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Checkpoint files: diffusers layout <-> original layout
-# --------------------------------------------------------------------------------------------
-
 LAYOUTS = ("diffusers", "original")
-DIFFUSERS_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
 
 def convert_layout(
@@ -357,12 +305,12 @@ def convert_layout(
     if found is None:
         raise CheckpointMismatchError(
             f"not an SVD VAE state dict in either layout: no decoder.time_conv_out.weight (diffusers) and no "
-            f"{_ORIGINAL_SENTINEL} (original) among its {len(sd)} keys"
+            f"{ORIGINAL_SENTINEL} (original) among its {len(sd)} keys"
         )
     if layout == "diffusers":
         out = to_diffusers_state(sd)
         if found == "diffusers":
-            _check_diffusers_state_dict(out)
+            _check_complete(out, "diffusers")
         return out
     if found == "original":
         original = {k: sd[k] for k in file_keys(sd)}
@@ -371,59 +319,17 @@ def convert_layout(
     return diffusers_to_original(to_diffusers_state(sd), encoder_prefix)
 
 
-def convert_svd_checkpoint(
-    src: str | Path,
-    dst: str | Path,
-    layout: Literal["diffusers", "original"],
-    *,
-    dtype: torch.dtype | None = None,
-    encoder_prefix: str = COND_ENCODER_PREFIX,
-) -> dict[str, Any]:
-    """Write the SVD VAE of checkpoint `src` (a safetensors file in either layout, or a diffusers
-    folder) to `dst` in `layout`.
-
-    dst: a .safetensors file; or, for layout "diffusers", a folder (any path without a .safetensors
-    suffix), which gets diffusion_pytorch_model.safetensors and a config.json that diffusers'
-    AutoencoderKLTemporalDecoder.from_pretrained reads (scaling_factor / force_upcast from a
-    config.json beside `src`, else the released model's). dtype: cast floating tensors (None keeps
-    them bit-exact). Only the VAE is written: a full SVD checkpoint's UNet and conditioners are left
-    out (counted in the returned summary). Returns {"src", "dst", "from", "to", "tensors", "left_out"}.
-    """
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    from videovae.checkpoints import load_config_beside, read_header
-
-    header = read_header(src)
-    found = detect_svd_layout(header.shapes)
-    if found is None:
-        raise CheckpointMismatchError(
-            f"{header.path} is not an SVD VAE checkpoint in the diffusers or the original layout "
-            f"(no decoder.time_conv_out.weight and no {_ORIGINAL_SENTINEL})"
-        )
-    keys = file_keys(header.shapes)
-    with safe_open(str(header.path), framework="pt", device="cpu") as f:
-        sd = {k: f.get_tensor(k) for k in keys}
-    if dtype is not None:
-        sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
-    out = convert_layout(sd, layout, encoder_prefix=encoder_prefix)
-    out = {k: v.contiguous() for k, v in out.items()}
-
-    dst = Path(dst)
-    weights = dst
-    if layout == "diffusers" and dst.suffix != ".safetensors":
-        dst.mkdir(parents=True, exist_ok=True)
-        weights = dst / DIFFUSERS_WEIGHTS_NAME
-        cfg = config_from_shapes({k: tuple(v.shape) for k, v in out.items()})
-        beside = load_config_beside(header.path)
-        if beside is not None:
-            cfg = config_with_diffusers_json(cfg, beside, str(header.path.parent / "config.json"))
-        config = {**cfg.to_diffusers_config(), "sample_size": beside.get("sample_size", 768) if beside else 768}
-        (dst / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    elif dst.suffix != ".safetensors":
-        raise OptionError(f"dst must be a .safetensors file for layout {layout!r}; got {dst}")
-    save_file(out, str(weights), metadata={"format": "pt"})
-    return {
-        "src": str(header.path), "dst": str(weights), "from": found, "to": layout,
-        "tensors": len(out), "left_out": len(header.shapes) - len(keys),
-    }
+SPEC = FamilySpec(
+    name=FAMILY,
+    looks_like=looks_like,
+    expects=(
+        f"an SVD VAE, in diffusers' layout ({', '.join(DIFFUSERS_SENTINELS)}) "
+        f"or Stability's original one ({ORIGINAL_SENTINEL})"
+    ),
+    config_from_shapes=config_from_shapes,
+    build=SVDVAE,
+    describe=describe,
+    file_keys=file_keys,
+    module_state=to_diffusers_state,
+    config_file=config_with_diffusers_json,
+)
