@@ -255,6 +255,24 @@ def test_convert_rewrites_dtype_keeping_keys_and_metadata(work):
             assert torch.equal(a.to(b.dtype), b), key  # fp16 -> fp32 is exact
     code, stdout, _ = run(["inspect", out])
     assert code == 0 and json.loads(stdout)["stored_dtype"] == "fp32"
+    assert json.loads(stdout)["known_as"] is None  # a new file: no registry entry has its sha256
+
+
+def test_inspect_names_a_known_checkpoint_by_its_sha256():
+    code, stdout, stderr = run(["inspect", DEFAULT_CHECKPOINT])
+    assert code == 0, stderr
+    assert json.loads(stdout)["known_as"].startswith(f"{DEFAULT_NAME}: trained by scripts/train_demo.py")
+
+
+def test_reconstruct_reads_a_diffusers_checkpoint_folder(work, clip):
+    folder = ROOT / "tests" / "fixtures" / "svd" / "svd_vae_tiny_diffusers"
+    out, report = work / "svd.mp4", work / "svd.json"
+    code, _, stderr = run(["reconstruct", clip, "-o", out, "--checkpoint", folder, "--max-frames", 5,
+                           "--metrics-json", report])
+    assert code == 0, stderr
+    checkpoint = json.loads(report.read_text())["checkpoint"]
+    assert (checkpoint["family"], checkpoint["version"]) == ("svd", 1)
+    assert checkpoint["sha256"] == videovae.checkpoints.file_sha256(folder / "diffusion_pytorch_model.safetensors")
 
 
 def test_convert_needs_a_dtype_and_a_checkpoint(work, capsys):

@@ -275,6 +275,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     import dataclasses
 
     from .checkpoints import file_sha256, plan_model, read_header, stored_float_dtype
+    from .registry import known_checkpoint
 
     header = read_header(args.checkpoint)
     family, _, _, config = plan_model(header)  # the checks `load` makes: exit 1 where it would fail
@@ -291,6 +292,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "compute_dtype": f"fp32 (videovae.load's default; --dtype bf16/fp16 on request, --dtype file keeps {stored})",
         "sha256": file_sha256(header.path),
     }
+    known = known_checkpoint(info["sha256"])
+    info["known_as"] = None if known is None else f"{known[0]}: {known[1]['source']}"  # weights/registry.json
     print(json.dumps(info, indent=2))
     return 0
 

@@ -23,6 +23,11 @@ def registry() -> dict[str, dict]:
     return json.loads(resources.files(WEIGHTS_PACKAGE).joinpath("registry.json").read_text())
 
 
+def known_checkpoint(sha256: str) -> tuple[str, dict] | None:
+    """(name, entry) of the registry entry whose file has this sha256, or None for an unknown file."""
+    return next(((name, entry) for name, entry in registry().items() if entry.get("sha256") == sha256), None)
+
+
 def shipped_checkpoint(name: str = DEFAULT_NAME) -> Path:
     """The path of a checkpoint shipped with videovae (default: the demo's)."""
     entry = registry().get(name)
