@@ -46,7 +46,7 @@ def build_vae(version: int, dtype: str, layout: str, convs: str = "fast"):
     if convs == "plain":  # the reference's computation: upsample then conv, 3 frame-convs per output
         model.fast_paths(phase_split=False, winograd=False)
     vae = VideoVAE(model.to(getattr(torch, DTYPES[dtype])))
-    return vae.to_channels_last() if layout == "channels_last" else vae
+    return vae.fast_paths(channels_last=layout == "channels_last")
 
 
 def count_flops(version: int, frames: int, height: int, width: int) -> dict:
@@ -106,7 +106,7 @@ def run_case(version: int, frames: int, height: int, width: int, dtype: str, lay
     torch.set_num_threads(threads)
     vae = build_vae(version, dtype, layout, convs)
     if mode == "compiled":
-        vae.compile_chunks()
+        vae.fast_paths(compile=True)
     video = torch.rand(1, frames, 3, height, width) * 2 - 1
     encode_s, decode_s = [], []
     with torch.inference_mode():

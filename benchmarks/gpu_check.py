@@ -182,7 +182,7 @@ def vae_rows(device: torch.device, smoke: bool, repeats: int) -> list[dict]:
         for path in ("videovae", "plain"):
             fast = path == "videovae"
             os.environ["VIDEOVAE_KERNELS"] = "auto" if fast else "torch"
-            vae.model.fast_paths(phase_split=fast, winograd=fast)
+            vae.fast_paths(phase_split=fast, winograd=fast)
             for name, fn in (("decode", lambda: vae.decode(latents)), ("encode", lambda: vae.encode(video).mean)):
                 with torch.inference_mode():
                     fn()  # warm-up, compiles the kernels
@@ -198,7 +198,7 @@ def vae_rows(device: torch.device, smoke: bool, repeats: int) -> list[dict]:
             os.environ.pop("VIDEOVAE_KERNELS", None)
         else:
             os.environ["VIDEOVAE_KERNELS"] = saved_kernels
-        vae.model.fast_paths(phase_split=True, winograd=True)
+        vae.fast_paths(phase_split=True, winograd=True)
     for row in rows:
         ours, plain = outputs[("videovae", row["op"])], outputs[("plain", row["op"])]
         mse = (ours - plain).pow(2).mean().item()

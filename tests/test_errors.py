@@ -16,7 +16,7 @@ import videovae
 from conftest import SVD_FIXTURES, stepvideo_weights
 from videovae import errors
 from videovae.adapters.diffusers import SVDFace, VideoFace
-from videovae.chunking import OverlapBlender, overlap_windows
+from videovae.chunk_state import OverlapBlender, overlap_windows
 from videovae.convert import convert_checkpoint
 
 PACKAGE = Path(videovae.__file__).parent
@@ -64,7 +64,7 @@ def _bad_calls(vae, tmp: Path):
         ("decode(chunk_frames=) on a chunked family", lambda: vae.decode(z, chunk_frames=2), ValueError),
         ("decode(num_frames=0)", lambda: vae.decode(z, num_frames=0), ValueError),
         ("overlap_windows(overlap >= chunk)", lambda: overlap_windows(10, 4, 4), ValueError),
-        ("OverlapBlender().finish() with nothing pushed", lambda: OverlapBlender().finish(), ValueError),
+        ("OverlapBlender().flush() with nothing pushed", lambda: OverlapBlender().flush(), ValueError),
         ("load(dtype='fp8')", lambda: videovae.load(stepvideo_weights(2), dtype="fp8"), TypeError),
         ("load(device='nonsense')", lambda: videovae.load(stepvideo_weights(2), device="nonsense"), ValueError),
         ("load(missing)", lambda: videovae.load(tmp / "missing.safetensors"), FileNotFoundError),

@@ -44,7 +44,7 @@ def test_decoder_by_phases_equals_plain_decoder(version):
     vae = videovae.load(stepvideo_weights(version), dtype=torch.float32)
     z = stepvideo_io(version)["mean_17f"]
     fast = vae.decode(z)
-    vae.model.fast_paths(phase_split=False)
+    vae.fast_paths(phase_split=False)
     plain = vae.decode(z)
     assert (fast - plain).abs().max() < 1e-5
     assert (plain - stepvideo_io(version)["dec_17f"]).abs().max() < 1e-4
@@ -53,7 +53,7 @@ def test_decoder_by_phases_equals_plain_decoder(version):
 @pytest.mark.parametrize("version", [1, 2])
 def test_channels_last_model_matches_the_fixtures(version):
     vae = videovae.load(stepvideo_weights(version), dtype=torch.float32)
-    vae.to_channels_last()
+    vae.fast_paths(channels_last=True)
     io = stepvideo_io(version)
     assert (vae.encode(io["x_17f"]).mean - io["mean_17f"]).abs().max() < 1e-4
     assert (vae.decode(io["mean_17f"]) - io["dec_17f"]).abs().max() < 1e-4
@@ -98,7 +98,7 @@ def test_compiled_chunks_have_no_graph_breaks_and_match_eager(version):
     vae = videovae.load(stepvideo_weights(version), dtype=torch.float32)
     io = stepvideo_io(version)
     eager_mean, eager_frames = vae.encode(io["x_17f"]).mean, vae.decode(io["mean_17f"])
-    vae.compile_chunks(backend="aot_eager")
+    vae.fast_paths(compile={"backend": "aot_eager"})
     assert (vae.encode(io["x_17f"]).mean - eager_mean).abs().max() < 1e-5
     assert (vae.decode(io["mean_17f"]) - eager_frames).abs().max() < 1e-5
 
@@ -108,7 +108,7 @@ def test_inductor_compiled_decode_matches_eager():
     vae = videovae.load(stepvideo_weights(2), dtype=torch.float32)
     z = stepvideo_io(2)["mean_17f"]
     eager = vae.decode(z)
-    vae.compile_chunks()
+    vae.fast_paths(compile=True)
     assert (vae.decode(z) - eager).abs().max() < 1e-4
 
 

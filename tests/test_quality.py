@@ -75,8 +75,7 @@ PATHS = {  # switches of each exact path; the default is channels-first, Winogra
 
 
 def _set_paths(vae, *, channels_last: bool = False, winograd: bool = True, phases: bool = True) -> None:
-    vae.to_channels_last(channels_last)
-    vae.model.fast_paths(winograd=winograd, phase_split=phases)
+    vae.fast_paths(channels_last=channels_last, winograd=winograd, phase_split=phases)
 
 
 @pytest.mark.parametrize("path", list(PATHS))

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from videovae.chunking import rechunk
+from videovae.chunk_state import rechunk
 
 
 def video(T, H=20, W=27, seed=0):

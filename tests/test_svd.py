@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 import videovae
 from conftest import stepvideo_weights
-from videovae.chunking import OverlapBlender, crossfade_weights, overlap_windows, overlapped_windows
+from videovae.chunk_state import OverlapBlender, crossfade_weights, overlap_windows, overlapped_windows
 from videovae.errors import CheckpointMismatchError
 from videovae.convert import convert_svd_checkpoint
 from videovae.families.svd_layouts import convert_layout
@@ -167,7 +167,7 @@ def test_window_plans():
                 # weights of overlapping windows sum to one: identical windows blend to themselves
                 blender = OverlapBlender()
                 pieces = [blender.push(s, w * 2) for s, w in overlapped_windows([stream], chunk, overlap)]
-                blended = torch.cat([*pieces, blender.finish()], dim=1)
+                blended = torch.cat([*pieces, blender.flush()], dim=1)
                 torch.testing.assert_close(blended, stream * 2, atol=1e-6, rtol=0)
     assert crossfade_weights(5, 2, 1).tolist() == pytest.approx([1 / 3, 2 / 3, 1, 1, 0.5])
 

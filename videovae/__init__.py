@@ -33,7 +33,7 @@ from .errors import (
     VideoVAEError,
 )
 
-__version__ = "0.1.0"
+from .version import __version__ as __version__
 
 __all__ = [
     "load", "VideoVAE", "LatentDistribution", "FramePolicy", "FrameLayout",

@@ -1,14 +1,14 @@
 """VideoVAE: the public encode/decode module over (B, T, C, H, W) videos in [-1, 1].
 
-It owns what every family shares: input validation, the dtype/device policy, the frame policy, the
-chunk loop and the seam blend. A family model only sees one chunk, channels-first:
+It owns what every family shares: input validation and the dtype/device policy; the chunk loop, the
+frame policy and the seam blend run in `videovae.engine`, whose push/flush objects the one-shot calls
+and the streams share. A family model only sees one chunk, channels-first:
 `encode_chunk(x: (B, C, T, H, W)) -> moments (B, 2z, T_lat, h, w)` and
 `decode_chunk(z: (B, z, T_lat, h, w)) -> (B, C, T, H, W)`.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -16,30 +16,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .chunking import (
-    FrameLayout,
-    FramePolicy,
-    OverlapBlender,
-    apply_policy,
-    blend_seam,
-    blend_seams,
-    overlapped_windows,
-    rechunk,
-    undo,
-)
+from .chunking import FrameLayout, FramePolicy, apply_policy, undo
 from .distribution import LatentDistribution
 from .compute_dtype import parse_dtype, resolve_compute_dtype, warn_if_slow
-from .errors import OptionError, VideoLayoutError
-from .layers import channels_to_time, time_to_channels
-from .validation import (
-    check_device,
-    check_finite_output,
-    check_latents,
-    check_num_frames,
-    check_video,
-    check_video_shape,
-    warn_if_out_of_range,
-)
+from .engine import ChunkDecoder, ChunkEncoder, ChunkReconstructor, resolve_window
+from .errors import VideoLayoutError
+from .validation import check_device, check_latents, check_num_frames, check_video, check_video_shape
 
 
 class VideoVAE(nn.Module):
@@ -147,33 +129,47 @@ class VideoVAE(nn.Module):
             self._slow_dtype_warned = dtype  # once per model and dtype: it was cast by hand, e.g. .to(bf16)
         return x.to(device=device, dtype=dtype)
 
-    def encode_moments(self, video: Tensor) -> Tensor:
-        """video: (B, T, C, H, W) of an exact length and size, model dtype -> moments (B, T_lat, 2z, h, w).
+    def chunk_encoder(self, policy: FramePolicy | str | None = None) -> ChunkEncoder:
+        """The streaming encoder of this model (`videovae.engine.ChunkEncoder`): push frame pieces,
+        get a posterior per chunk, flush at the end."""
+        return ChunkEncoder(self.model, policy, cast=self._to_model)
 
-        Chunks of `frames_per_chunk` frames are encoded independently (no state crosses chunks).
-        """
-        step = self.frames_per_chunk or video.shape[1]
-        moments = [channels_to_time(self.model.encode_chunk(time_to_channels(chunk))) for chunk in video.split(step, dim=1)]
-        return torch.cat(moments, dim=1) if len(moments) > 1 else moments[0]
+    def chunk_decoder(
+        self,
+        num_frames: int | None = None,
+        *,
+        blend: bool | None = None,
+        chunk_frames: int | None = None,
+        overlap: int = 0,
+        stream: bool = True,
+    ) -> ChunkDecoder:
+        """The streaming decoder of this model (`videovae.engine.ChunkDecoder`); the options as in
+        `decode`. stream=True gives a whole-clip family (SVD) its declared overlapping windows by
+        default, so memory stays bounded; stream=False decodes its whole clip at once."""
+        window = resolve_window(self.model, chunk_frames, overlap, stream=stream)
+        return ChunkDecoder(self.model, blend=blend, window=window, num_frames=check_num_frames(num_frames), cast=self._to_model)
 
     def encode(self, video: Tensor, policy: FramePolicy | str | None = None) -> LatentDistribution:
         """Encode video: (B, T, C, H, W) in [-1, 1] -> LatentDistribution over (B, T_lat, z, h, w).
 
         policy: "pad" (default), "trim", "strict" or a FramePolicy, for lengths and sizes that do not
         round-trip exactly (see `exact_frame_counts` and `spatial_compression`).
+        Chunks of `frames_per_chunk` frames are encoded independently (no state crosses chunks).
         """
         x = check_video(video, self.in_channels)
-        warn_if_out_of_range(x)
-        x, record = apply_policy(self._to_model(x), self.frame_layout, FramePolicy.coerce(policy))
-        moments = check_finite_output(self.encode_moments(x), "encoder")
-        return LatentDistribution.from_moments(moments.to(device=video.device, dtype=video.dtype), record)
+        self.latent_shape(x.shape, policy)  # a strict policy fails here, before any work
+        encoder = self.chunk_encoder(policy)
+        posteriors = encoder.push(x) + encoder.flush()
+        mean = torch.cat([p.mean for p in posteriors], dim=1) if len(posteriors) > 1 else posteriors[0].mean
+        logvar = torch.cat([p.logvar for p in posteriors], dim=1) if len(posteriors) > 1 else posteriors[0].logvar
+        return LatentDistribution(mean, logvar, encoder.record)
 
     def decode(
         self,
         latents: Tensor | LatentDistribution,
         num_frames: int | None = None,
         *,
-        blend: bool = True,
+        blend: bool | None = None,
         chunk_frames: int | None = None,
         overlap: int = 0,
     ) -> Tensor:
@@ -182,62 +178,34 @@ class VideoVAE(nn.Module):
         latents: a tensor, or a LatentDistribution (its mode, cropped back to the frames and size of
             the video it was encoded from).
         num_frames: keep only the first `num_frames` decoded frames.
-        blend: apply the seam blend between decoded chunks (the reference behaviour), default on.
+        blend: the seam blend between decoded chunks of a family that has them (Step-Video; the
+            reference behaviour, on by default); refused for a family without seams (SVD).
         chunk_frames, overlap: for families that decode the whole clip at once (SVD), decode windows
             of `chunk_frames` latent frames overlapping by `overlap` and cross-fade them (bounded
-            memory; see chunking.overlap_windows). Families with chunks of their own refuse them.
+            memory; see chunk_state.overlap_windows). Families with chunks of their own refuse them.
+        Peak memory is the output plus one chunk (or window).
         """
         num_frames = check_num_frames(num_frames)  # before the work, not after it
         record = None
         if isinstance(latents, LatentDistribution):
             record, latents = latents.record, latents.mode()
         z = check_latents(latents, self.latent_channels)
-        if chunk_frames is None:
-            video = self.decode_frames(self._to_model(z), blend=blend)
-        else:
-            pieces = self._decode_overlapped([z], chunk_frames, overlap)
-            video = torch.cat(list(pieces), dim=1)
+        decoder = self.chunk_decoder(blend=blend, chunk_frames=chunk_frames, overlap=overlap, stream=False)
+        step = chunk_frames or self.latent_frames_per_chunk or z.shape[1]
+        total = self.frame_layout.decoded_frames(z.shape[1])
+        video, position = None, 0
+        for piece in _push_all(decoder, z, step):
+            if video is None:
+                video = piece.new_empty((piece.shape[0], total, *piece.shape[2:]))
+            video[:, position : position + piece.shape[1]] = piece
+            position += piece.shape[1]
         if record is not None:
             video = undo(video, record)
         if num_frames is not None:
             if not 1 <= num_frames <= video.shape[1]:
                 raise VideoLayoutError(f"num_frames={num_frames}, but these latents decode to {video.shape[1]} frames")
             video = video[:, :num_frames]
-        return video.to(device=z.device, dtype=z.dtype)
-
-    def decode_frames(self, z: Tensor, *, blend: bool = True) -> Tensor:
-        """z: (B, T_lat, z, h, w) in the model's dtype -> (B, T, C, H, W), chunk by chunk.
-
-        Each chunk is written into one preallocated output, so peak memory is the output plus one chunk.
-        """
-        step = self.latent_frames_per_chunk or z.shape[1]
-        out, position = None, 0
-        for chunk in z.split(step, dim=1):
-            frames = channels_to_time(self.model.decode_chunk(time_to_channels(chunk)))  # (B, t, C, H, W)
-            if out is None:
-                total = self.frame_layout.decoded_frames(z.shape[1])
-                out = frames.new_empty((frames.shape[0], total, *frames.shape[2:]))
-            out[:, position : position + frames.shape[1]] = frames
-            position += frames.shape[1]
-        if blend and self.frames_per_chunk:
-            blend_seams(out, self.frames_per_chunk)
-        return check_finite_output(out, "decoder")
-
-    def _decode_overlapped(self, latents: Iterable[Tensor], chunk_frames: int, overlap: int) -> Iterator[Tensor]:
-        """Pieces (B, t, C, H, W) of the cross-faded decode of latent pieces (B, t_lat, z, h, w)."""
-        layout = self.frame_layout
-        if layout.frames_per_chunk is not None or layout.time_factor != 1:
-            raise OptionError(
-                f"chunk_frames/overlap apply to families that decode the whole clip at once (svd); {self.family} "
-                f"decodes its own chunks of {layout.latents_per_chunk} latent frames: leave them unset"
-            )
-        blender = OverlapBlender()
-        for start, z in overlapped_windows(latents, chunk_frames, overlap):
-            frames = check_finite_output(channels_to_time(self.model.decode_chunk(time_to_channels(self._to_model(z)))), "decoder")
-            done = blender.push(start, frames)
-            if done.shape[1]:
-                yield done
-        yield blender.finish()
+        return video
 
     def reconstruct(
         self,
@@ -262,36 +230,21 @@ class VideoVAE(nn.Module):
     ) -> Iterator[LatentDistribution]:
         """Encode a video given as pieces (B, t, C, H, W) (any t >= 1), one chunk at a time.
 
-        Yields one LatentDistribution per encoded chunk (`frames_per_chunk` frames; the whole clip for
-        families without chunking), each with a record of the frames and size it encodes. The
-        concatenated latents equal `encode` of the whole video; the policy applies to the whole length.
+        Yields one LatentDistribution per encoded chunk (`frames_per_chunk` frames, or the family's
+        encode window), each with a record of the frames and size it encodes. The concatenated
+        latents equal `encode` of the whole video; the policy applies to the whole length.
         """
-        policy = FramePolicy.coerce(policy)
-        warned = False
-
-        def checked(piece: Tensor) -> Tensor:
-            nonlocal warned
-            piece = check_video(piece, self.in_channels)
-            warned = warned or warn_if_out_of_range(piece)  # one warning per call
-            return piece
-
-        pieces = (checked(piece) for piece in frames)
-        encoded, template = 0, None
-        for chunk in rechunk(pieces, self.frames_per_chunk):
-            template = chunk
-            x, record = apply_policy(self._to_model(chunk), self.frame_layout, policy, frames_before=encoded)
-            encoded += chunk.shape[1]
-            moments = check_finite_output(self.encode_moments(x), "encoder")
-            yield LatentDistribution.from_moments(moments.to(device=chunk.device, dtype=chunk.dtype), record)
-        if template is None:
-            raise VideoLayoutError("encode_stream got no frames; the video is empty")
+        encoder = self.chunk_encoder(policy)
+        for piece in frames:
+            yield from encoder.push(piece)
+        yield from encoder.flush()
 
     def decode_stream(
         self,
         latents: Iterable[Tensor],
         num_frames: int | None = None,
         *,
-        blend: bool = True,
+        blend: bool | None = None,
         chunk_frames: int | None = None,
         overlap: int = 0,
     ) -> Iterator[Tensor]:
@@ -299,85 +252,72 @@ class VideoVAE(nn.Module):
 
         Yields frame pieces (B, t, C, H, W) whose concatenation equals `decode` of all the latents
         (including the seam blend, for which the last frame of each chunk is held back until the
-        next chunk is decoded), cut at `num_frames` when given. chunk_frames, overlap: as in `decode`
-        (a family that decodes whole clips otherwise gathers the whole stream into one clip).
+        next chunk is decoded), cut at `num_frames` when given. chunk_frames, overlap: as in `decode`;
+        a whole-clip family (SVD) decodes in its declared windows (`capabilities.stream_window`) by default.
         """
-        pieces = (check_latents(piece, self.latent_channels) for piece in latents)
-        if chunk_frames is not None:
-            first = next(pieces, None)  # outputs take its dtype and device
-            if first is None:
-                return
-            emitted = 0
-            for frames in self._decode_overlapped(itertools.chain([first], pieces), chunk_frames, overlap):
-                frames = frames if num_frames is None else frames[:, : max(num_frames - emitted, 0)]
-                emitted += frames.shape[1]
-                yield frames.to(device=first.device, dtype=first.dtype)
-            return
-        held = None  # (B, 1, C, H, W): the last decoded frame, waiting for the next chunk's first
-        emitted = 0
-        blend = blend and self.frames_per_chunk is not None
-
-        def emit(piece: Tensor, like: Tensor) -> Tensor:
-            nonlocal emitted
-            if num_frames is not None:
-                piece = piece[:, : max(num_frames - emitted, 0)]
-            emitted += piece.shape[1]
-            return piece.to(device=like.device, dtype=like.dtype)
-
-        for z in rechunk(pieces, self.latent_frames_per_chunk):
-            frames = check_finite_output(channels_to_time(self.model.decode_chunk(time_to_channels(self._to_model(z)))), "decoder")
-            if not blend:
-                yield emit(frames, z)
-                continue
-            if held is not None:
-                blend_seam(held[:, 0], frames[:, 0])
-                frames = torch.cat([held, frames], dim=1)
-            held = frames[:, -1:]
-            yield emit(frames[:, :-1], z)
-        if held is not None:
-            yield emit(held, z)
+        decoder = self.chunk_decoder(num_frames, blend=blend, chunk_frames=chunk_frames, overlap=overlap)
+        for z in latents:
+            frames = decoder.push(z)
+            if frames.shape[1]:
+                yield frames
+        if decoder.started:
+            yield decoder.flush()
 
     def reconstruct_stream(
-        self, frames: Iterable[Tensor], policy: FramePolicy | str | None = None, *, blend: bool = True
+        self,
+        frames: Iterable[Tensor],
+        policy: FramePolicy | str | None = None,
+        *,
+        blend: bool | None = None,
+        chunk_frames: int | None = None,
+        overlap: int = 0,
     ) -> Iterator[Tensor]:
         """Reconstruct a video given as pieces (B, t, C, H, W); yields reconstructed pieces.
 
-        Equals `reconstruct` of the whole video, holding one chunk (plus one frame) in memory, so a
-        long video needs the memory of a short one.
+        Equals `reconstruct` of the whole video (for a whole-clip family, decoded in its declared
+        windows unless chunk_frames is given), holding one chunk (plus one frame, or one window) in
+        memory, so a long video needs the memory of a short one.
         """
-        seen = {"frames": 0, "size": None}
+        decoder = self.chunk_decoder(blend=blend, chunk_frames=chunk_frames, overlap=overlap)
+        engine = ChunkReconstructor(self.chunk_encoder(policy), decoder)
+        for piece in frames:
+            out = engine.push(piece)
+            if out.shape[1]:
+                yield out
+        out = engine.flush()
+        if out.shape[1]:
+            yield out
 
-        def means() -> Iterator[Tensor]:
-            for posterior in self.encode_stream(frames, policy):
-                seen["frames"] += posterior.record.frames
-                seen["size"] = posterior.record.frame_size
-                yield posterior.mode()
+    def fast_paths(
+        self,
+        *,
+        winograd: bool | None = None,
+        phase_split: bool | None = None,
+        channels_last: bool | None = None,
+        compile: bool | dict | None = None,
+    ) -> "VideoVAE":
+        """The one switch for the speed paths; None leaves one as it is. Returns self.
 
-        emitted = 0
-        for piece in self.decode_stream(means(), blend=blend):
-            # Padding only ever extends the last chunk, so every frame up to `seen` is a real one.
-            H, W = seen["size"]
-            piece = piece[:, : seen["frames"] - emitted, :, :H, :W]
-            emitted += piece.shape[1]
-            if piece.shape[1]:
-                yield piece
-
-    def to_channels_last(self, enabled: bool = True) -> "VideoVAE":
-        """Store the 3D conv weights channels-last-3d (or back to contiguous): activations then flow
-        channels-last through the convs and the fused norms, which is faster on some hardware."""
-        fmt = torch.channels_last_3d if enabled else torch.contiguous_format
-        with torch.no_grad():
-            for p in self.model.parameters():
-                if p.ndim == 5:
-                    p.data = p.data.contiguous(memory_format=fmt)
-        return self
-
-    def compile_chunks(self, **compile_kwargs) -> "VideoVAE":
-        """torch.compile the per-chunk encode and decode of this model only (fullgraph by default:
-        the chunk bodies have no graph breaks). The chunk loop, policies and validation stay eager."""
-        compile_kwargs.setdefault("fullgraph", True)
-        self.model.encode_chunk = torch.compile(self.model.encode_chunk, **compile_kwargs)
-        self.model.decode_chunk = torch.compile(self.model.decode_chunk, **compile_kwargs)
+        winograd, phase_split: the family's exact fast paths (`FamilyModel.fast_paths`), on by default.
+        channels_last: store the 3D conv weights channels-last-3d, so activations flow channels-last
+            through the convs and the fused norms (faster on some hardware); off by default.
+        compile: torch.compile the per-chunk encode and decode (True: fullgraph, the chunk bodies
+            have no graph breaks; a dict: torch.compile's keyword arguments); False goes back to
+            eager. The chunk loop, policies and validation stay eager. Off by default.
+        """
+        self.model.fast_paths(winograd=winograd, phase_split=phase_split)
+        if channels_last is not None:
+            fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+            with torch.no_grad():
+                for p in self.model.parameters():
+                    if p.ndim == 5:
+                        p.data = p.data.contiguous(memory_format=fmt)
+        if compile is not None:
+            for name in ("encode_chunk", "decode_chunk"):
+                self.model.__dict__.pop(name, None)  # back to the class's eager method
+                if compile:
+                    options = {"fullgraph": True, **(compile if isinstance(compile, dict) else {})}
+                    setattr(self.model, name, torch.compile(getattr(self.model, name), **options))
         return self
 
     def forward(self, video: Tensor, policy: FramePolicy | str | None = None) -> Tensor:
@@ -410,3 +350,12 @@ def load(
     compute = resolve_compute_dtype(dtype, stored, place, strict=strict_dtype)
     model, _ = load_model(path, device=place, dtype=compute, header=header)
     return VideoVAE(model, source=str(Path(header.path)), stored_dtype=stored, strict_dtype=strict_dtype)
+
+
+def _push_all(decoder: ChunkDecoder, z: Tensor, step: int) -> Iterator[Tensor]:
+    """The frame pieces of decoding z (B, T_lat, ...) pushed `step` latent frames at a time, then flushed."""
+    for chunk in z.split(step, dim=1):
+        frames = decoder.push(chunk)
+        if frames.shape[1]:
+            yield frames
+    yield decoder.flush()

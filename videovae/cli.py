@@ -27,6 +27,7 @@ import time
 import warnings
 from pathlib import Path
 
+from .chunking import POLICY_NAMES
 from .compute_dtype import CLI_CHOICES, CLI_HELP, STRICT_HELP, dtype_name
 from .errors import OptionError, StateError
 from .registry import shipped_checkpoint
@@ -34,14 +35,12 @@ from .terminal import EscapingStream, shown
 from .validation import check_device
 from .files import (
     ERROR_GAIN,
-    _policy_text,
     decode_pieces,
     encode_file,
     run_reconstruct,
     write_sample_video,
 )
 
-POLICIES = ("pad", "trim", "strict")
 MAX_MESSAGE = 600  # characters of an error line on stderr; --debug shows the whole exception
 
 
@@ -141,6 +140,15 @@ def _check_video_outputs(*paths: Path | None) -> None:
             check_video_extension(path)
 
 
+def _window(args: argparse.Namespace) -> dict:
+    """--chunk-frames/--overlap as keyword arguments of the streams (absent: the family's default)."""
+    if args.chunk_frames is None:
+        if args.overlap:
+            raise OptionError("--overlap needs --chunk-frames (the latent frames of each window)")
+        return {}
+    return {"chunk_frames": args.chunk_frames, "overlap": args.overlap or 0}
+
+
 def _load(args: argparse.Namespace):
     """(vae, checkpoint sha256, seconds) for --checkpoint/--device/--dtype."""
     from . import load
@@ -193,7 +201,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             vae, args.input, args.output, checkpoint=args.checkpoint, checkpoint_sha256=sha, load_seconds=load_s,
             compare=args.compare, metrics_json=args.metrics_json, policy=args.policy,
             start_frame=args.start_frame, max_frames=args.max_frames, quality=args.quality,
-            lossless=args.lossless, progress=not args.quiet,
+            lossless=args.lossless, progress=not args.quiet, window=_window(args),
         )
     _print_reconstruct_report(report)
     if args.metrics_json is not None:
@@ -205,7 +213,6 @@ def cmd_encode(args: argparse.Namespace) -> int:
     """videovae encode IN -o LATENTS: streaming encode; save mean, logvar and metadata."""
     import torch
 
-    from . import __version__
     from .chunking import FramePolicy
     from .latent_files import LatentFileMeta, options_json, save_latents
     from .video import probe
@@ -216,22 +223,18 @@ def cmd_encode(args: argparse.Namespace) -> int:
     policy = FramePolicy.coerce(args.policy)
     start = time.perf_counter()
     with torch.inference_mode():
-        mean, logvar, frames, (height, width) = encode_file(
+        encoded = encode_file(
             vae, args.input, policy=policy, start_frame=args.start_frame, max_frames=args.max_frames,
             progress=not args.quiet,
         )
     seconds = time.perf_counter() - start
-    meta = LatentFileMeta(
-        family=vae.family, version="" if vae.version is None else str(vae.version),
-        latent_channels=vae.latent_channels, spatial_compression=vae.spatial_compression,
-        temporal_compression=vae.temporal_compression, frames=frames, height=height, width=width,
-        fps=str(info.fps), policy=_policy_text(policy), checkpoint_sha256=sha, source=str(args.input),
-        videovae_version=__version__,
+    meta = LatentFileMeta.of(
+        vae, encoded, fps=info.fps, policy=policy.text, checkpoint_sha256=sha, source=args.input,
         options=options_json(start_frame=args.start_frame, max_frames=args.max_frames, dtype=dtype_name(vae.dtype)),
     )
-    save_latents(args.output, mean, logvar, meta)
+    save_latents(args.output, encoded.mean, encoded.logvar, meta)
     print(
-        f"encoded  {frames} frames {width}x{height} -> latents {tuple(mean.shape)} (T_lat, z, h, w) in "
+        f"encoded  {meta.frames} frames {meta.width}x{meta.height} -> latents {tuple(encoded.mean.shape)} (T_lat, z, h, w) in "
         f"{seconds:.1f}s (checkpoint loaded in {load_s:.2f}s) -> {shown(args.output)}"
     )
     return 0
@@ -254,7 +257,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     vae, sha, load_s = _load(args)
     start = time.perf_counter()
     with torch.inference_mode():
-        pieces = decode_pieces(vae, mean, meta, checkpoint_sha256=sha)  # checks the fit before decoding
+        pieces = decode_pieces(vae, mean, meta, checkpoint_sha256=sha, window=_window(args))  # checks the fit first
         with (
             VideoWriter(args.output, meta.fps, meta.width, meta.height, quality=args.quality, lossless=args.lossless) as writer,
             Progress(meta.frames, label="decode", enabled=not args.quiet) as bar,
@@ -392,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--strict-dtype", action="store_true", help=STRICT_HELP)
 
     reading = argparse.ArgumentParser(add_help=False)
-    reading.add_argument("--policy", choices=POLICIES, default="pad", help="frame counts and sizes that do not round-trip: pad (default), trim, strict")
+    reading.add_argument("--policy", choices=POLICY_NAMES, default="pad", help="frame counts and sizes that do not round-trip: pad (default), trim, strict")
     reading.add_argument("--start-frame", type=_int_at_least(0), default=0, help="first frame to read (default 0)")
     reading.add_argument("--max-frames", type=_int_at_least(1), default=None, help="read at most this many frames")
 
@@ -401,9 +404,16 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--quality", type=_quality, default=None, help="CRF 0 (best) .. 51 (worst), default 18")
     quality.add_argument("--lossless", action="store_true", help="store the 8-bit frames exactly (ffv1 in .mkv, libx264rgb in .mp4)")
 
+    windows = argparse.ArgumentParser(add_help=False)
+    windows.add_argument("--chunk-frames", type=_int_at_least(1), default=None, metavar="N",
+                         help="families that decode whole clips (svd): decode windows of N latent frames "
+                              "(default: the family's, 16 for svd), so memory stays flat in the video's length")
+    windows.add_argument("--overlap", type=_int_at_least(0), default=None, metavar="K",
+                         help="latent frames shared by neighbouring windows, cross-faded (default: the family's, 4 for svd)")
+
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("reconstruct", parents=[common, model, reading, writing], help="encode and decode a video file; PSNR/SSIM, comparison")
+    p = sub.add_parser("reconstruct", parents=[common, model, reading, writing, windows], help="encode and decode a video file; PSNR/SSIM, comparison")
     p.add_argument("input", type=Path, help="video file")
     p.add_argument("-o", "--output", type=Path, required=True, help="reconstructed video (.mp4, .mkv, .webm, ...)")
     p.add_argument("--compare", type=Path, default=None, help="also write original | reconstruction | |error| x4, side by side")
@@ -415,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, help="latent file (.safetensors)")
     p.set_defaults(func=cmd_encode)
 
-    p = sub.add_parser("decode", parents=[common, model, writing], help="decode a latent file to a video at its stored fps")
+    p = sub.add_parser("decode", parents=[common, model, writing, windows], help="decode a latent file to a video at its stored fps")
     p.add_argument("latents", type=Path, help="latent file written by `videovae encode`")
     p.add_argument("-o", "--output", type=Path, required=True, help="video file")
     p.set_defaults(func=cmd_decode)
@@ -438,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=_int_at_least(1), default=96)
     p.add_argument("--width", type=_int_at_least(1), default=128)
     p.add_argument("--fps", type=_int_at_least(1), default=24)
-    p.add_argument("--policy", choices=POLICIES, default="pad")
+    p.add_argument("--policy", choices=POLICY_NAMES, default="pad")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", parents=[common], help="train or fine-tune a model on photo clips or a folder of videos; resumable")

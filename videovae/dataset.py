@@ -55,7 +55,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .chunking import POLICY_NAMES, FramePolicy
 from .compute_dtype import CLI_CHOICES, CLI_HELP, FILE_DTYPE, STRICT_HELP, dtype_name
+from .engine import EncodedVideo, encode_video
 from .errors import DatasetError, OutputPathError, VideoVAEError
 from .terminal import escape_controls, shown
 
@@ -109,7 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (created if missing)")
     parser.add_argument("--checkpoint", type=Path, required=True, metavar="CKPT",
                         help="VAE checkpoint (.safetensors file, or a diffusers model folder)")
-    parser.add_argument("--policy", choices=("pad", "trim", "strict"), default="pad",
+    parser.add_argument("--policy", choices=POLICY_NAMES, default="pad",
                         help="frame policy for lengths and sizes that do not round-trip (default pad)")
     parser.add_argument("--dtype", choices=CLI_CHOICES, default="fp32", help=f"{CLI_HELP}; latents are stored in fp32")
     parser.add_argument("--strict-dtype", action="store_true", help=STRICT_HELP)
@@ -214,7 +216,7 @@ class Settings:
     @property
     def policy_text(self) -> str:
         """How `LatentFileMeta.policy` spells it."""
-        return f"time={self.policy},space={self.policy}"
+        return FramePolicy.coerce(self.policy).text
 
     @property
     def options(self) -> str:
@@ -521,19 +523,12 @@ def prefetch(items: Iterable[Any], load: Callable[[Any], Any], depth: int = 1) -
         reader.join(timeout=5.0)
 
 
-def encode_clip(vae, clip: Clip, policy: str) -> tuple[torch.Tensor, torch.Tensor, int, tuple[int, int]]:
-    """(mean, logvar) (T_lat, z, h, w) float32 on CPU of clip.video, with the frames and (H, W) they
-    decode back to. The model sees one chunk at a time; each chunk moves to the model's device alone."""
-    means, logvars, frames, frame_size = [], [], 0, None
+def encode_clip(vae, clip: Clip, policy: str) -> EncodedVideo:
+    """The latents of clip.video as float32 on CPU. The model sees one chunk at a time; each chunk
+    moves to the model's device alone."""
     with torch.inference_mode():
-        for posterior in vae.encode_stream([clip.video], policy):  # one LatentDistribution per chunk
-            means.append(posterior.mean[0])      # (t_lat, z, h, w)
-            logvars.append(posterior.logvar[0])  # (t_lat, z, h, w)
-            frames += posterior.record.frames
-            frame_size = posterior.record.frame_size
-    mean = torch.cat(means, dim=0).float()       # (T_lat, z, h, w)
-    logvar = torch.cat(logvars, dim=0).float()   # (T_lat, z, h, w)
-    return mean, logvar, frames, frame_size
+        encoded = encode_video(vae.chunk_encoder(policy), [clip.video])
+    return dataclasses.replace(encoded, mean=encoded.mean.float().cpu(), logvar=encoded.logvar.float().cpu())
 
 
 def _device(requested: str | None, local_rank: int) -> torch.device:
@@ -656,23 +651,17 @@ def _encode_shard(
 
 def _encode_one(vae, job: Job, clip: Clip | BaseException, settings: Settings) -> dict:
     """Encode one decoded video (or re-raise its decoding error) and save its latent file atomically."""
-    import videovae
-
     from .latent_files import LatentFileMeta, save_latents
 
     if isinstance(clip, BaseException):
         raise clip
-    mean, logvar, frames, (height, width) = encode_clip(vae, clip, settings.policy)  # (T_lat, z, h, w)
-    meta = LatentFileMeta(
-        family=vae.family, version="" if vae.version is None else str(vae.version),
-        latent_channels=vae.latent_channels, spatial_compression=vae.spatial_compression,
-        temporal_compression=vae.temporal_compression, frames=frames, height=height, width=width,
-        fps=str(clip.fps), policy=settings.policy_text, checkpoint_sha256=settings.checkpoint_sha256,
-        source=str(job.source), videovae_version=videovae.__version__, options=settings.options,
-        source_signature=clip.signature,
+    encoded = encode_clip(vae, clip, settings.policy)  # (T_lat, z, h, w)
+    meta = LatentFileMeta.of(
+        vae, encoded, fps=clip.fps, policy=settings.policy_text, checkpoint_sha256=settings.checkpoint_sha256,
+        source=job.source, options=settings.options, source_signature=clip.signature,
     )
-    save_latents(job.output, mean, logvar, meta)
-    return _record(job, "encoded", shape=mean.shape, frames=frames, fps=str(clip.fps))
+    save_latents(job.output, encoded.mean, encoded.logvar, meta)
+    return _record(job, "encoded", shape=encoded.mean.shape, frames=encoded.frames, fps=str(clip.fps))
 
 
 def _write_reports(plan: Plan, jobs: list[Job], gathered: list, ranks: Ranks) -> None:

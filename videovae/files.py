@@ -20,17 +20,12 @@ from .compute_dtype import dtype_name
 from .errors import OptionError
 
 ERROR_GAIN = 4.0  # the comparison's third panel shows |original - reconstruction| * ERROR_GAIN
-READ_CHUNK_FRAMES = 17  # frames read per piece when the family encodes whole clips
 
 
 
 def _finite_or_none(value: float) -> float | None:
     """JSON has no inf/nan: identical frames (PSNR inf) and missing SSIM are written as null."""
     return value if math.isfinite(value) else None
-
-
-def _policy_text(policy) -> str:
-    return f"time={policy.time},space={policy.space}"
 
 
 def _plan(vae, frames: int | None, height: int, width: int, policy):
@@ -82,27 +77,28 @@ def _take(fifo: deque, frames: int):
 
 
 def reconstruct_pairs(
-    vae, path: str | Path, *, policy=None, start_frame: int = 0, max_frames: int | None = None
+    vae, path: str | Path, *, policy=None, start_frame: int = 0, max_frames: int | None = None, window: dict | None = None
 ) -> Iterator[tuple]:
     """Stream the video file at `path` through `vae.reconstruct_stream`; yield (original,
     reconstruction) pairs of pieces (1, t, 3, H, W) in [-1, 1] (the reconstruction unclamped), in
-    order. Holds one chunk (plus the pieces read but not yet reconstructed) in memory.
+    order. Holds one chunk (plus the pieces read but not yet reconstructed) in memory. window:
+    chunk_frames/overlap for a family that decodes whole clips (default: its declared window).
 
     The reconstruction's pieces are not aligned with the pieces read, so the originals wait in a
     FIFO until their reconstruction arrives. A `trim` policy drops trailing frames and crops rows
     and columns: the originals are cut to match.
     """
+    from .engine import read_frames
     from .video import read_chunks
 
     originals: deque = deque()  # pieces read, not yet paired: (1, t, 3, H, W)
 
     def tap():
-        chunk_frames = vae.frames_per_chunk or READ_CHUNK_FRAMES
-        for piece in read_chunks(path, chunk_frames, start_frame=start_frame, max_frames=max_frames):
+        for piece in read_chunks(path, read_frames(vae.model), start_frame=start_frame, max_frames=max_frames):
             originals.append(piece)
             yield piece
 
-    for reconstruction in vae.reconstruct_stream(tap(), policy):
+    for reconstruction in vae.reconstruct_stream(tap(), policy, **(window or {})):
         _, t, _, H, W = reconstruction.shape
         yield _take(originals, t)[..., :H, :W], reconstruction
 
@@ -132,20 +128,22 @@ def run_reconstruct(
     quality: int | None = None,
     lossless: bool = False,
     progress: bool = True,
+    window: dict | None = None,
 ) -> dict:
     """Reconstruct the video file `src` into `out` (and the comparison `compare`), streaming; score
     every frame; write `metrics_json`. Returns the report that the JSON holds.
 
     Output fps, size and rotation are the input's (after a `trim` policy, the trimmed size).
     PSNR/SSIM compare the input frames with the reconstruction clamped to [-1, 1], before video
-    encoding. Outputs appear only when the whole stream succeeded: the videos are published when
+    encoding. window: chunk_frames/overlap for a family that decodes whole clips (default: the
+    family's declared window, so memory stays flat in the length). Outputs appear only when the whole stream succeeded: the videos are published when
     it ends, the JSON after them; an exception before then deletes every unfinished output.
     """
-    from . import __version__
     from .chunking import FramePolicy
     from .fileio import atomic_output
     from .metrics import SSIM_WINDOW, RunningMetrics
     from .progress import Progress
+    from .version import __version__
     from .video import VideoWriter, probe
 
     started = time.perf_counter()
@@ -162,7 +160,7 @@ def run_reconstruct(
             side = stack.enter_context(VideoWriter(compare, info.fps, 3 * width, height, **writer_options))
         bar = stack.enter_context(Progress(total, label="reconstruct", enabled=progress))
         for original, reconstruction in reconstruct_pairs(
-            vae, src, policy=policy, start_frame=start_frame, max_frames=max_frames
+            vae, src, policy=policy, start_frame=start_frame, max_frames=max_frames, window=window
         ):
             reconstruction = reconstruction.clamp(-1.0, 1.0)
             metrics.update(original, reconstruction)
@@ -190,7 +188,7 @@ def run_reconstruct(
             "version": vae.version, "dtype": dtype_name(vae.dtype),
             "stored_dtype": None if vae.stored_dtype is None else dtype_name(vae.stored_dtype), "device": str(vae.device),
         },
-        "policy": _policy_text(policy),
+        "policy": policy.text,
         "latent_shape": list(vae.latent_shape((1, frames, 3, height, width), "pad")[1:]),  # (T_lat, z, h, w)
         "timings": {
             "load_seconds": round(load_seconds, 4),
@@ -220,11 +218,10 @@ def run_reconstruct(
 def encode_file(
     vae, src: Path, *, policy=None, start_frame: int = 0, max_frames: int | None = None, progress: bool = True
 ):
-    """Encode the video file `src`, streaming; returns (mean, logvar, frames, (height, width)) with
-    mean and logvar (T_lat, z, h, w), frames and size those latents decode back to."""
-    import torch
-
+    """Encode the video file `src`, streaming, one chunk in memory at a time: an EncodedVideo with
+    mean and logvar (T_lat, z, h, w), and the frames and size those latents decode back to."""
     from .chunking import FramePolicy
+    from .engine import encode_video, read_frames
     from .progress import Progress
     from .video import probe, read_chunks
 
@@ -232,23 +229,17 @@ def encode_file(
     info = probe(src)
     total = _frames_to_read(info, start_frame, max_frames)
     _plan(vae, total, info.height, info.width, policy)  # a strict policy fails here, before any work
-    means, logvars, frames, size = [], [], 0, None
-    pieces = read_chunks(src, vae.frames_per_chunk or READ_CHUNK_FRAMES, start_frame=start_frame, max_frames=max_frames)
+    pieces = read_chunks(src, read_frames(vae.model), start_frame=start_frame, max_frames=max_frames)
     with Progress(total, label="encode", enabled=progress) as bar:
-        for posterior in vae.encode_stream(pieces, policy):
-            means.append(posterior.mean[0])  # (t_lat, z, h, w)
-            logvars.append(posterior.logvar[0])
-            frames += posterior.record.frames
-            size = posterior.record.frame_size
-            bar.update(posterior.record.frames)
-    return torch.cat(means), torch.cat(logvars), frames, size
+        return encode_video(vae.chunk_encoder(policy), pieces, on_chunk=bar.update)
 
 
-def decode_pieces(vae, mean, meta, *, checkpoint_sha256: str | None = None) -> Iterator:
+def decode_pieces(vae, mean, meta, *, checkpoint_sha256: str | None = None, window: dict | None = None) -> Iterator:
     """Decode latents `mean` (T_lat, z, h, w) described by `meta` (LatentFileMeta), streaming:
     returns an iterator of frame pieces (1, t, 3, H, W), cut to meta.frames and cropped to
     meta.height x meta.width. Raises LatentMismatchError at the call, before any decoding, when
     the latents do not fit `vae` or disagree with their own metadata."""
+    from .engine import read_frames
     from .errors import LatentMismatchError
     from .latent_files import check_latents_fit
 
@@ -264,8 +255,8 @@ def decode_pieces(vae, mean, meta, *, checkpoint_sha256: str | None = None) -> I
             "the file is inconsistent, re-encode the video"
         )
     z = mean.unsqueeze(0)  # (1, T_lat, z, h, w)
-    step = vae.latent_frames_per_chunk or T_lat
-    pieces = vae.decode_stream(iter(z.split(step, dim=1)), num_frames=meta.frames)
+    step = vae.latent_frames_per_chunk or read_frames(vae.model)
+    pieces = vae.decode_stream(iter(z.split(step, dim=1)), num_frames=meta.frames, **(window or {}))
     return (piece[..., : meta.height, : meta.width] for piece in pieces)
 
 

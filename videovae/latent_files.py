@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from .errors import LatentFileError, LatentMismatchError
 from .fileio import atomic_output
+from .version import __version__
 
 FORMAT = "videovae.latents/1"
 
@@ -43,6 +44,20 @@ class LatentFileMeta:
     videovae_version: str = ""
     options: str = ""           # JSON of further options that change the latents (size, max frames, dtype)
     source_signature: str = ""  # the source file as encoded ("size=..,mtime_ns=..[,sha256=..]"), for resume
+
+    @classmethod
+    def of(cls, vae, encoded, *, fps, policy: str, checkpoint_sha256: str, source, options: str,
+           source_signature: str = "") -> "LatentFileMeta":
+        """The metadata of `encoded` (a `videovae.engine.EncodedVideo`) from `vae` (a VideoVAE): the one
+        place the CLI's `encode` and the dataset job describe what they wrote."""
+        height, width = encoded.frame_size
+        return cls(
+            family=vae.family, version=str(vae.version), latent_channels=vae.latent_channels,
+            spatial_compression=vae.spatial_compression, temporal_compression=vae.temporal_compression,
+            frames=encoded.frames, height=height, width=width, fps=str(fps), policy=policy,
+            checkpoint_sha256=checkpoint_sha256, source=str(source), videovae_version=__version__,
+            options=options, source_signature=source_signature,
+        )
 
     def to_header(self) -> dict[str, str]:
         return {"format": FORMAT, **{k: str(v) for k, v in dataclasses.asdict(self).items()}}

@@ -37,10 +37,14 @@ class Capabilities:
         so `blend` applies.
     stream_window: (latent frames, overlap) of the windows a stream decodes in, for a family that
         decodes whole clips (SVD): memory stays bounded on a long video. None: chunks of its own.
+    encode_window: frames encoded together by a family without chunks whose encoder treats every
+        frame on its own (SVD), so that encoding holds a bounded number of frames; the result does
+        not depend on it. None: the family's chunks, or the whole clip.
     """
 
     seam_blend: bool = False
     stream_window: tuple[int, int] | None = None
+    encode_window: int | None = None
 
 
 class FamilyModel(nn.Module):

@@ -331,7 +331,7 @@ class SVDVAE(FamilyModel):
 
     family = FAMILY
     version = 1  # the one released SVD VAE (SVD and SVD-XT share it)
-    capabilities = Capabilities(stream_window=(16, 4))
+    capabilities = Capabilities(stream_window=(16, 4), encode_window=16)
 
     def __init__(self, config: SVDConfig = SVDConfig()):
         super().__init__()
