@@ -10,6 +10,8 @@ the longest case's peak to the shortest's (the target: within 15%). Never assert
 
     python benchmarks/bench_memory.py                          # 17, 170, 680 frames at 64x64
     python benchmarks/bench_memory.py --frames 17 68 --size 32x32 --threads 2
+    python benchmarks/bench_memory.py --model svd --frames 17 340 --size 96x96   # SVD, widths 64-256,
+        # random weights, given as a diffusers folder: decoded in its declared overlapping windows
 """
 
 from __future__ import annotations
@@ -60,10 +62,28 @@ def write_clip(path: Path, frames: int, height: int, width: int, fps: int = 30) 
     return path
 
 
-def run_case(video: Path, out: Path, threads: int) -> dict:
+SVD_WIDTHS = (64, 128, 256)  # large enough for activations to dominate at 96x96
+
+
+def svd_folder(dest: Path) -> Path:
+    """An SVD VAE of widths 64-256 with random weights, written as a diffusers folder."""
+    import torch
+
+    from videovae.convert import convert_svd_checkpoint
+    from videovae.checkpoints import save_model
+    from videovae.families.svd import SVDConfig, SVDVAE
+
+    torch.manual_seed(0)
+    model = SVDVAE(SVDConfig(block_out_channels=SVD_WIDTHS, layers_per_block=1))
+    flat = save_model(model, dest / "svd.safetensors")
+    convert_svd_checkpoint(flat, dest / "svd_diffusers", layout="diffusers")
+    return dest / "svd_diffusers"
+
+
+def run_case(video: Path, out: Path, threads: int, checkpoint: Path) -> dict:
     command = [
         sys.executable, "-m", "videovae", "--quiet", "--threads", str(threads),
-        "reconstruct", str(video), "-o", str(out), "--checkpoint", str(CHECKPOINT),
+        "reconstruct", str(video), "-o", str(out), "--checkpoint", str(checkpoint),
     ]
     done = subprocess.run([sys.executable, "-c", WRAPPER, *command], capture_output=True, text=True, check=True, cwd=ROOT)
     result = json.loads(done.stdout)
@@ -77,15 +97,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, nargs="+", default=[17, 170, 680])
     parser.add_argument("--size", default="64x64", help="HxW")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", choices=("stepvideo", "svd"), default="stepvideo",
+                        help="stepvideo: the tiny v2 fixture; svd: an SVD VAE of widths 64-256 (random weights) as a diffusers folder")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_memory.json")
     args = parser.parse_args(argv)
     height, width = (int(v) for v in args.size.lower().split("x"))
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="videovae-bench-memory-") as tmp:
+        checkpoint = svd_folder(Path(tmp)) if args.model == "svd" else CHECKPOINT
         for frames in args.frames:
             video = write_clip(Path(tmp) / f"clip_{frames}.mp4", frames, height, width)
-            result = run_case(video, Path(tmp) / f"rec_{frames}.mp4", args.threads)
+            result = run_case(video, Path(tmp) / f"rec_{frames}.mp4", args.threads, checkpoint)
             rows.append({
                 "frames": frames, "height": height, "width": width,
                 "peak_rss_mib": result["maxrss_kib"] / 1024,
@@ -94,10 +117,12 @@ def main(argv: list[str] | None = None) -> int:
             })
             print(f"  {frames} frames: {rows[-1]['peak_rss_mib']:.1f} MiB, {result['seconds']:.1f}s", file=sys.stderr)
 
+    model_name = ("SVD widths " + "-".join(map(str, SVD_WIDTHS)) + " (fp32, diffusers folder, default windows)"
+                  if args.model == "svd" else "tiny Step-Video v2 (fp32)")
     first, last = rows[0], rows[-1]
     ratio = last["peak_rss_mib"] / first["peak_rss_mib"]
     table = [
-        f"`videovae reconstruct`, tiny Step-Video v2 (fp32), {height}x{width}, {args.threads} threads, "
+        f"`videovae reconstruct`, {model_name}, {height}x{width}, {args.threads} threads, "
         "peak RSS of the command's process",
         "",
         "| frames | peak RSS (MiB) | vs first | wall time (s) | frames/s |",
@@ -114,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     markdown = "\n".join(table)
     print(markdown)
     report = {
-        "benchmark": "bench_memory", "command": "videovae reconstruct", "checkpoint": str(CHECKPOINT.relative_to(ROOT)),
+        "benchmark": "bench_memory", "command": "videovae reconstruct", "model": model_name,
         "threads": args.threads, "python": platform.python_version(), "machine": platform.machine(),
         "rows": rows, "ratio_last_vs_first": ratio, "target_ratio": 1.15,
     }

@@ -27,7 +27,8 @@ from safetensors.torch import load_file, save_file
 
 import videovae
 from videovae.checkpoints import file_sha256
-from videovae.dataset import STOP_AFTER_ENV, main, prefetch, resize, resolve_inputs, video_id
+from videovae.cli import main as cli_main
+from videovae.dataset import STOP_AFTER_ENV, prefetch, resize, resolve_inputs, video_id
 from videovae.errors import VideoFileError
 from videovae.latent_files import load_latents
 from videovae.video import read_video
@@ -83,11 +84,16 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def torchrun(argv: list[str], nproc: int = 2, **env: str) -> subprocess.CompletedProcess:
-    """`torchrun --standalone --nproc_per_node <nproc> -m videovae.dataset <argv>` (torchrun is
+    """`torchrun --standalone --nproc_per_node <nproc> -m videovae encode-dataset <argv>` (torchrun is
     `python -m torch.distributed.run`; --standalone picks a free port itself)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "videovae.dataset", *argv]
+               "-m", "videovae", "encode-dataset", *argv]
     return subprocess.run(command, env=child_env(**env), cwd=REPO, capture_output=True, text=True, timeout=180)
+
+
+def main(argv: list[str]) -> int:
+    """`videovae encode-dataset <argv>` in this process."""
+    return cli_main(["encode-dataset", *argv])
 
 
 def outputs(out: Path) -> dict[str, Path]:

@@ -9,36 +9,9 @@
 from .api import VideoVAE, load
 from .chunking import FrameLayout, FramePolicy
 from .distribution import LatentDistribution
-from .errors import (
-    CheckpointError,
-    CheckpointMismatchError,
-    CheckpointNotFoundError,
-    DatasetError,
-    DTypeFallbackWarning,
-    FramePolicyError,
-    InputRangeWarning,
-    LatentFileError,
-    LatentMismatchError,
-    NonFiniteInputError,
-    NonFiniteOutputError,
-    NotSupportedError,
-    OptionError,
-    OutputPathError,
-    StateError,
-    UsageError,
-    VideoDTypeError,
-    VideoFileError,
-    VideoFileNotFoundError,
-    VideoLayoutError,
-    VideoVAEError,
-)
+from . import errors
+from .errors import *  # noqa: F403  (every error and warning class, listed in errors.__all__)
 
 from .version import __version__ as __version__
 
-__all__ = [
-    "load", "VideoVAE", "LatentDistribution", "FramePolicy", "FrameLayout",
-    "VideoVAEError", "VideoLayoutError", "VideoDTypeError", "NonFiniteInputError", "FramePolicyError",
-    "CheckpointError", "CheckpointNotFoundError", "CheckpointMismatchError", "LatentMismatchError",
-    "LatentFileError", "VideoFileError", "VideoFileNotFoundError", "OutputPathError",
-    "OptionError", "UsageError", "StateError", "NotSupportedError", "DatasetError", "DTypeFallbackWarning", "NonFiniteOutputError", "InputRangeWarning",
-]
+__all__ = ["load", "VideoVAE", "LatentDistribution", "FramePolicy", "FrameLayout", *errors.__all__]

@@ -1,7 +1,7 @@
 """Pre-encode a video dataset to latent files: one process, or many under torchrun.
 
-    python -m videovae.dataset --inputs 'clips/**/*.mp4' --out latents/ --checkpoint vae.safetensors
-    torchrun --nproc_per_node 8 -m videovae.dataset --inputs list.txt --out latents/ --checkpoint vae.safetensors
+    videovae encode-dataset --inputs 'clips/**/*.mp4' --out latents/ --checkpoint vae.safetensors
+    torchrun --nproc_per_node 8 -m videovae encode-dataset --inputs list.txt --out latents/ --checkpoint vae.safetensors
     (and `videovae encode-dataset ...` / `torchrun -m videovae encode-dataset ...` through the CLI)
 
 The process group is initialised only when torchrun launched us (WORLD_SIZE in the environment):
@@ -61,7 +61,7 @@ from .engine import EncodedVideo, encode_video
 from .errors import DatasetError, OutputPathError, VideoVAEError
 from .terminal import escape_controls, shown
 
-__all__ = ["DatasetError", "add_arguments", "run", "main", "resolve_inputs", "video_id"]
+__all__ = ["DatasetError", "add_arguments", "run", "resolve_inputs", "video_id"]
 
 MANIFEST = "manifest.jsonl"
 FAILURES = "failures.jsonl"
@@ -698,31 +698,3 @@ def _logger(ranks: Ranks) -> Callable[[str], None]:
         print(f"{ranks.tag} {escape_controls(message, keep_lines=False)}", file=sys.stderr, flush=True)
 
     return log
-
-
-# ---------------------------------------------------------------------------------------------
-# command line (until `videovae encode-dataset` lands in cli.py)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m videovae.dataset",
-        description="Pre-encode a video dataset to latent files (one process, or many under torchrun).",
-    )
-    add_arguments(parser)
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (VideoVAEError, OSError, ValueError) as exc:
-        if args.debug:
-            raise
-        print(f"videovae encode-dataset: error: {exc}".splitlines()[0], file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("videovae encode-dataset: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

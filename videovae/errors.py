@@ -92,3 +92,6 @@ class DTypeFallbackWarning(UserWarning):
 
 class InputRangeWarning(UserWarning):
     """A video's values are clearly outside [-1, 1] (0..255 frames, or unnormalised data)."""
+
+
+__all__ = [name for name, value in list(globals().items()) if isinstance(value, type) and issubclass(value, Warning | VideoVAEError)]

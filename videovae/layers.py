@@ -16,7 +16,7 @@ class GroupNorm(nn.Module):
     """Group norm whose parameters load from `nn.GroupNorm` keys (weight, bias), run by the fused op.
 
     per_frame: statistics over (C/G, H, W) for each frame (causal in time) instead of the whole clip.
-    forward(x, silu=..., residual=..., front_pad=...) exposes the op's fusions; see
+    forward(x, silu=..., front_pad=...) exposes the fusions the models use; see
     `videovae_kernels.group_norm`.
     """
 
@@ -26,12 +26,9 @@ class GroupNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(num_channels))
         self.bias = nn.Parameter(torch.zeros(num_channels))
 
-    def forward(self, x: Tensor, *, silu: bool = False, residual: Tensor | None = None, front_pad: int = 0):
+    def forward(self, x: Tensor, *, silu: bool = False, front_pad: int = 0):
         per_frame = self.per_frame and x.ndim == 5
-        return group_norm(
-            x, self.num_groups, self.weight, self.bias, self.eps,
-            per_frame=per_frame, silu=silu, residual=residual, front_pad=front_pad,
-        )
+        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps, per_frame=per_frame, silu=silu, front_pad=front_pad)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, groups={self.num_groups}, eps={self.eps}, per_frame={self.per_frame}"

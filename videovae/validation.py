@@ -45,6 +45,15 @@ def _check_finite(x: Tensor, what: str) -> None:
         )
 
 
+def _check_filled(x: Tensor, what: str, dims: tuple[str, ...], message: str) -> Tensor:
+    """No dim of x is empty (the message names the empty ones) and every value is finite."""
+    empty = [name for name, n in zip(dims, x.shape) if n == 0]
+    if empty:
+        raise VideoLayoutError(message.format(shape=tuple(x.shape), empty=", ".join(empty)))
+    _check_finite(x, what)
+    return x
+
+
 def check_video(video: object, channels: int) -> Tensor:
     """Validate video: (B, T, C, H, W) with C == channels; return it unchanged."""
     x = _check_tensor(video, "video")
@@ -52,18 +61,15 @@ def check_video(video: object, channels: int) -> Tensor:
     if x.ndim != 5:
         hint = " (one clip? add the batch dim: x.unsqueeze(0))" if x.ndim == 4 and x.shape[1] == channels else ""
         raise VideoLayoutError(f"video must be 5D (B, T, C, H, W); got {x.ndim}D {shape}{hint}")
+    if x.shape[2] != channels and x.shape[1] == channels:
+        raise VideoLayoutError(
+            f"got {shape}: this looks like (B, C, T, H, W); videovae takes (B, T, C, H, W). "
+            "Use x.permute(0, 2, 1, 3, 4) (einops: 'b c t h w -> b t c h w')"
+        )
     if x.shape[2] != channels:
-        if x.shape[1] == channels:
-            raise VideoLayoutError(
-                f"got {shape}: this looks like (B, C, T, H, W); videovae takes (B, T, C, H, W). "
-                "Use x.permute(0, 2, 1, 3, 4) (einops: 'b c t h w -> b t c h w')"
-            )
         raise VideoLayoutError(f"video must have {channels} channels at dim 2 of (B, T, C, H, W); got {shape}")
-    empty = [name for name, n in zip("BTCHW", shape) if n == 0]
-    if empty:
-        raise VideoLayoutError(f"video {shape} is empty along {', '.join(empty)}; every dim of (B, T, C, H, W) must be >= 1")
-    _check_finite(x, "video")
-    return x
+    return _check_filled(x, "video", ("B", "T", "C", "H", "W"),
+                         "video {shape} is empty along {empty}; every dim of (B, T, C, H, W) must be >= 1")
 
 
 def check_latents(latents: object, channels: int) -> Tensor:
@@ -72,21 +78,16 @@ def check_latents(latents: object, channels: int) -> Tensor:
     shape = tuple(z.shape)
     if z.ndim != 5:
         raise VideoLayoutError(f"latents must be 5D (B, T_lat, z, h, w); got {z.ndim}D {shape}")
+    if z.shape[2] != channels and z.shape[1] == channels:
+        raise VideoLayoutError(
+            f"latents {shape} look like (B, z, T_lat, h, w); videovae takes (B, T_lat, z, h, w). Use z.permute(0, 2, 1, 3, 4)"
+        )
     if z.shape[2] != channels:
-        if z.shape[1] == channels:
-            raise VideoLayoutError(
-                f"latents {shape} look like (B, z, T_lat, h, w); videovae takes (B, T_lat, z, h, w). "
-                "Use z.permute(0, 2, 1, 3, 4)"
-            )
         raise LatentMismatchError(
             f"latents {shape} have {z.shape[2]} channels at dim 2; this model's latents have {channels}. "
             "Were they encoded by another model?"
         )
-    empty = [name for name, n in zip(("B", "T_lat", "z", "h", "w"), shape) if n == 0]
-    if empty:
-        raise VideoLayoutError(f"latents {shape} are empty along {', '.join(empty)}")
-    _check_finite(z, "latents")
-    return z
+    return _check_filled(z, "latents", ("B", "T_lat", "z", "h", "w"), "latents {shape} are empty along {empty}")
 
 
 def check_num_frames(num_frames: object) -> int | None:

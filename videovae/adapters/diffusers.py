@@ -17,6 +17,7 @@ the input's dtype, as everywhere in videovae. Latents are raw (unscaled): pipeli
 from __future__ import annotations
 
 import os
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,30 +86,28 @@ class DiagonalGaussian:
         )
 
 
+class _Output:
+    """A diffusers-style output: its fields by name, or by index (`out[0]`), or as `to_tuple()`."""
+
+    def __getitem__(self, index: int):
+        return self.to_tuple()[index]
+
+    def to_tuple(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+
+
 @dataclass
-class EncoderOutput:
+class EncoderOutput(_Output):
     """`.latent_dist`, or `out[0]`, as diffusers' AutoencoderKLOutput."""
 
     latent_dist: DiagonalGaussian
 
-    def __getitem__(self, index: int) -> DiagonalGaussian:
-        return self.to_tuple()[index]
-
-    def to_tuple(self) -> tuple[DiagonalGaussian]:
-        return (self.latent_dist,)
-
 
 @dataclass
-class DecoderOutput:
+class DecoderOutput(_Output):
     """`.sample`, or `out[0]`, as diffusers' DecoderOutput."""
 
     sample: Tensor
-
-    def __getitem__(self, index: int) -> Tensor:
-        return self.to_tuple()[index]
-
-    def to_tuple(self) -> tuple[Tensor]:
-        return (self.sample,)
 
 
 def _block_out_channels(vae: VideoVAE) -> tuple[int, ...]:
@@ -211,6 +210,20 @@ class _Face(nn.Module):
     def disable_tiling(self) -> None:
         self.use_tiling = False
 
+    def forward(
+        self,
+        sample: Tensor,
+        sample_posterior: bool = False,
+        return_dict: bool = True,
+        generator: torch.Generator | None = None,
+        **decode_options: Any,
+    ) -> DecoderOutput | tuple[Tensor]:
+        """Encode, take the posterior's mode (or a sample from `generator`), decode; decode_options
+        go to `decode` (SVDFace: num_frames, the clip length)."""
+        posterior = self.encode(sample).latent_dist
+        z = posterior.sample(generator) if sample_posterior else posterior.mode()
+        return self.decode(z, return_dict=return_dict, **decode_options)
+
     def _slices(self, x: Tensor) -> list[Tensor]:
         """x whole, or one batch element at a time when slicing is on."""
         return list(x.split(1)) if self.use_slicing and x.shape[0] > 1 else [x]
@@ -262,20 +275,6 @@ class SVDFace(_Face):
         frames = self._decode_video(clips).flatten(0, 1)  # (B*T_out, C, H, W)
         return DecoderOutput(frames) if return_dict else (frames,)
 
-    def forward(
-        self,
-        sample: Tensor,
-        sample_posterior: bool = False,
-        return_dict: bool = True,
-        generator: torch.Generator | None = None,
-        num_frames: int = 1,
-    ) -> DecoderOutput | tuple[Tensor]:
-        """Encode images (B*T, C, H, W), take the posterior's mode (or a sample), decode clips of
-        `num_frames`."""
-        posterior = self.encode(sample).latent_dist
-        z = posterior.sample(generator) if sample_posterior else posterior.mode()
-        return self.decode(z, num_frames=num_frames, return_dict=return_dict)
-
 
 class VideoFace(_Face):
     """A VideoVAE with the 5D face of CogVideoX / HunyuanVideo / Wan / LTX-style pipelines:
@@ -297,16 +296,6 @@ class VideoFace(_Face):
         video = self._decode_video(z.transpose(1, 2)).transpose(1, 2)  # (B, C, T, H, W)
         return DecoderOutput(video) if return_dict else (video,)
 
-    def forward(
-        self,
-        sample: Tensor,
-        sample_posterior: bool = False,
-        return_dict: bool = True,
-        generator: torch.Generator | None = None,
-    ) -> DecoderOutput | tuple[Tensor]:
-        posterior = self.encode(sample).latent_dist
-        z = posterior.sample(generator) if sample_posterior else posterior.mode()
-        return self.decode(z, return_dict=return_dict)
 
 
 def _check_5d(x: object, where: str, layout: str) -> None:

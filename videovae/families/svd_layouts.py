@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -76,49 +77,59 @@ def _rename_in_block(rest: str, table: Mapping[str, str]) -> str | None:
     return _join(table[module], param) if module in table else None
 
 
-def _to_original_name(name: str, num_blocks: int) -> str | None:
-    """One diffusers name relative to encoder./decoder. (e.g. 'mid_block.resnets.0.conv1.weight')
-    -> its original name relative to the same module, or None if it has no counterpart."""
-    if m := re.fullmatch(r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", name):
-        new = _rename_in_block(m[3], _ENCODER_RESNET)
-        return new and f"down.{m[1]}.block.{m[2]}.{new}"
-    if m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.(conv\.\w+)", name):
-        return f"down.{m[1]}.downsample.{m[2]}"
-    if m := re.fullmatch(r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", name):
-        new = _rename_in_block(m[3], _DECODER_RESNET)
-        return new and f"up.{num_blocks - 1 - int(m[1])}.block.{m[2]}.{new}"
-    if m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.(conv\.\w+)", name):
-        return f"up.{num_blocks - 1 - int(m[1])}.upsample.{m[2]}"
-    if m := re.fullmatch(r"mid_block\.resnets\.(\d+)\.(.+)", name):
-        new = _rename_in_block(m[2], {**_ENCODER_RESNET, **_DECODER_RESNET})
-        return new and f"mid.block_{int(m[1]) + 1}.{new}"
-    if m := re.fullmatch(r"mid_block\.attentions\.0\.(.+)", name):
-        new = _rename_in_block(m[1], _ATTENTION)
-        return new and f"mid.attn_1.{new}"
-    return _rename_in_block(name, _TOP)
+@dataclass(frozen=True)
+class _Rule:
+    """One kind of block, named in both layouts: templates of the name prefix with {b} (block index)
+    and {r} (resnet index), and the renames inside the block (diffusers -> original)."""
+
+    diffusers: str
+    original: str
+    table: Mapping[str, str]
+    flip_blocks: bool = False  # up blocks: original index = num_blocks - 1 - diffusers index
+    resnet_shift: int = 0      # mid block: original block_{r + 1} = diffusers resnets.{r}
+
+    def match(self, name: str, to_original: bool) -> re.Match | None:
+        """Whether `name` starts with this block's prefix in its layout."""
+        source = self.diffusers if to_original else self.original
+        return re.match(re.escape(source).replace(r"\{b\}", r"(?P<b>\d+)").replace(r"\{r\}", r"(?P<r>\d+)"), name)
+
+    def translate(self, m: re.Match, num_blocks: int, to_original: bool) -> str | None:
+        """The matched name in the other layout, or None if its block has no such sub-module."""
+        index = {k: int(v) for k, v in m.groupdict().items()}
+        if "b" in index and self.flip_blocks:
+            index["b"] = num_blocks - 1 - index["b"]
+        if "r" in index:
+            index["r"] += self.resnet_shift if to_original else -self.resnet_shift
+        table = self.table if to_original else {v: k for k, v in self.table.items()}
+        new = _rename_in_block(m.string[m.end():], table)
+        return new and (self.original if to_original else self.diffusers).format(**index) + new
 
 
-def _to_diffusers_name(name: str, num_blocks: int, decoder: bool) -> str | None:
-    """Inverse of `_to_original_name` for a name relative to the decoder (decoder=True) or the
-    encoder; None if it has no counterpart there."""
-    resnet = {v: k for k, v in (_DECODER_RESNET if decoder else _ENCODER_RESNET).items()}
-    top = {v: k for k, v in _TOP.items() if decoder or k != "time_conv_out"}
-    blocks, block_kind = ("up", "up_blocks") if decoder else ("down", "down_blocks")
-    sampler = "upsample" if decoder else "downsample"
-    index = (lambda i: num_blocks - 1 - int(i)) if decoder else int  # up blocks run deepest first
+_SAMPLER = {"conv": "conv"}
+_ENCODER_RULES = (
+    _Rule("down_blocks.{b}.resnets.{r}.", "down.{b}.block.{r}.", _ENCODER_RESNET),
+    _Rule("down_blocks.{b}.downsamplers.0.", "down.{b}.downsample.", _SAMPLER),
+    _Rule("mid_block.resnets.{r}.", "mid.block_{r}.", _ENCODER_RESNET, resnet_shift=1),
+    _Rule("mid_block.attentions.0.", "mid.attn_1.", _ATTENTION),
+    _Rule("", "", {k: v for k, v in _TOP.items() if k != "time_conv_out"}),
+)
+_DECODER_RULES = (
+    _Rule("up_blocks.{b}.resnets.{r}.", "up.{b}.block.{r}.", _DECODER_RESNET, flip_blocks=True),
+    _Rule("up_blocks.{b}.upsamplers.0.", "up.{b}.upsample.", _SAMPLER, flip_blocks=True),
+    _Rule("mid_block.resnets.{r}.", "mid.block_{r}.", _DECODER_RESNET, resnet_shift=1),
+    _Rule("mid_block.attentions.0.", "mid.attn_1.", _ATTENTION),
+    _Rule("", "", _TOP),
+)
 
-    if m := re.fullmatch(rf"{blocks}\.(\d+)\.block\.(\d+)\.(.+)", name):
-        new = _rename_in_block(m[3], resnet)
-        return new and f"{block_kind}.{index(m[1])}.resnets.{m[2]}.{new}"
-    if m := re.fullmatch(rf"{blocks}\.(\d+)\.{sampler}\.(conv\.\w+)", name):
-        return f"{block_kind}.{index(m[1])}.{sampler}rs.0.{m[2]}"
-    if m := re.fullmatch(r"mid\.block_(\d+)\.(.+)", name):
-        new = _rename_in_block(m[2], resnet)
-        return new and f"mid_block.resnets.{int(m[1]) - 1}.{new}"
-    if m := re.fullmatch(r"mid\.attn_1\.(.+)", name):
-        new = _rename_in_block(m[1], {v: k for k, v in _ATTENTION.items()})
-        return new and f"mid_block.attentions.0.{new}"
-    return _rename_in_block(name, top)
+
+def _rename(name: str, num_blocks: int, *, decoder: bool, to_original: bool) -> str | None:
+    """One name relative to encoder./decoder. (e.g. 'mid_block.resnets.0.conv1.weight') -> its name
+    in the other layout, relative to the same module; None if it has no counterpart there. The
+    first rule whose block prefix matches decides (the last rule, the top level, matches all)."""
+    for rule in _DECODER_RULES if decoder else _ENCODER_RULES:
+        if m := rule.match(name, to_original):
+            return rule.translate(m, num_blocks, to_original)
+    return None
 
 
 def _is_attention_linear_weight(diffusers_name: str) -> bool:
@@ -186,7 +197,7 @@ def original_to_diffusers(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     num_blocks = len(block_indices(keys, DECODER_PREFIX + "up"))
     unmatched: list[str] = []
     out = _group_to_diffusers(
-        sd, DECODER_PREFIX, "decoder.", lambda n: _to_diffusers_name(n, num_blocks, decoder=True), unmatched
+        sd, DECODER_PREFIX, "decoder.", lambda n: _rename(n, num_blocks, decoder=True, to_original=False), unmatched
     )
     cond_encoder = COND_ENCODER_PREFIX + "encoder."
     if any(k.startswith(cond_encoder) for k in keys):
@@ -195,7 +206,7 @@ def original_to_diffusers(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
         encoder_prefix, quant_prefix = FIRST_STAGE_PREFIX + "encoder.", FIRST_STAGE_PREFIX + "quant_conv."
     encoder_blocks = len(block_indices(keys, encoder_prefix + "down"))
     out |= _group_to_diffusers(
-        sd, encoder_prefix, "encoder.", lambda n: _to_diffusers_name(n, encoder_blocks, decoder=False), unmatched
+        sd, encoder_prefix, "encoder.", lambda n: _rename(n, encoder_blocks, decoder=False, to_original=False), unmatched
     )
     quant = {k[len(quant_prefix):]: v for k, v in sd.items() if k.startswith(quant_prefix)}
     if quant:
@@ -240,7 +251,7 @@ def diffusers_to_original(sd: Mapping[str, Tensor], encoder_prefix: str = COND_E
         new_prefix = DECODER_PREFIX if module == "decoder" else f"{encoder_prefix}encoder."
         if _is_attention_linear_weight(name):
             tensor = tensor.reshape(*tensor.shape, 1, 1)  # [C, C] -> [C, C, 1, 1]; a view
-        out[new_prefix + _to_original_name(name, num_blocks)] = tensor
+        out[new_prefix + _rename(name, num_blocks, decoder=module == "decoder", to_original=True)] = tensor
     if encoder_prefix == FIRST_STAGE_PREFIX:
         q_w, q_b = sd["quant_conv.weight"].flatten(1), sd["quant_conv.bias"]  # (2z, 2z), (2z,)
         w, b = sd["encoder.conv_out.weight"], sd["encoder.conv_out.bias"]  # (2z, C, 3, 3), (2z,)

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ..api import VideoVAE
 from ..checkpoints import save_model
+from ..distribution import LOGVAR_MAX, LOGVAR_MIN
 from ..errors import StateError, UsageError
 from ..fileio import atomic_output
 from ..metrics import RunningMetrics
@@ -204,7 +205,7 @@ class TrainRun:
             moments = self.model.encode_chunk(x)  # (B, 2z, T_lat, h, w)
             mean, logvar = moments.float().chunk(2, dim=1)
             noise = torch.randn(mean.shape, generator=clip_generator(o.seed, self.step, -1)).to(mean.device)
-            z = mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * noise
+            z = mean + torch.exp(0.5 * logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)) * noise
             reconstruction = self.model.decode_chunk(z.to(moments.dtype))
         l1 = l1_loss(reconstruction, x)
         ssim = ssim_loss(reconstruction.transpose(1, 2), video.to(self.device))
