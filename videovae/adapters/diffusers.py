@@ -275,6 +275,12 @@ class SVDFace(_Face):
         frames = self._decode_video(clips).flatten(0, 1)  # (B*T_out, C, H, W)
         return DecoderOutput(frames) if return_dict else (frames,)
 
+    def forward(self, sample: Tensor, sample_posterior: bool = False, return_dict: bool = True,
+                generator: torch.Generator | None = None, num_frames: int = 1) -> DecoderOutput | tuple[Tensor]:
+        """As `_Face.forward`, decoding clips of `num_frames` (StableVideoDiffusionPipeline looks for
+        num_frames in this signature)."""
+        return super().forward(sample, sample_posterior, return_dict, generator, num_frames=num_frames)
+
 
 class VideoFace(_Face):
     """A VideoVAE with the 5D face of CogVideoX / HunyuanVideo / Wan / LTX-style pipelines:
