@@ -28,7 +28,8 @@ from safetensors.torch import load_file, save_file
 import videovae
 from videovae.checkpoints import file_sha256
 from videovae.cli import main as cli_main
-from videovae.dataset import STOP_AFTER_ENV, prefetch, resize, resolve_inputs, video_id
+from videovae.dataset import STOP_AFTER_ENV, prefetch, resize
+from videovae.dataset_inputs import resolve_inputs, video_id
 from videovae.errors import VideoFileError
 from videovae.latent_files import load_latents
 from videovae.video import read_video

@@ -114,7 +114,7 @@ def test_bad_input_to_public_entries_raises_videovae_errors(vae, tmp_path):
 
 def test_a_closed_writer_raises_a_state_error(tmp_path):
     pytest.importorskip("av")
-    from videovae.video import VideoWriter
+    from videovae.video_write import VideoWriter
 
     writer = VideoWriter(tmp_path / "v.mp4", 25, 32, 32)
     writer.write(torch.zeros(1, 1, 3, 32, 32))

@@ -35,7 +35,7 @@ def work(tmp_path) -> Path:
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
     pytest.importorskip("av")
-    from videovae.video import VideoWriter
+    from videovae.video_write import VideoWriter
 
     path = tmp_path_factory.mktemp("clip") / "v.mp4"
     with VideoWriter(path, 25, 32, 32) as writer:
@@ -291,7 +291,7 @@ def test_inspect_and_load_refuse_a_damaged_checkpoint_in_one_short_line(tmp_path
 # -- encode-dataset: resume sees changed sources; outputs never among the inputs ----------------------------------
 
 def _write_clip(path: Path, seed: int) -> Path:
-    from videovae.video import VideoWriter
+    from videovae.video_write import VideoWriter
 
     g = torch.Generator().manual_seed(seed)
     with VideoWriter(path, 25, 32, 32, lossless=True) as writer:

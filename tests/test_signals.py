@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from videovae.fileio import atomic_output, remove_stale_temps
+from videovae.atomic_write import atomic_output, remove_stale_temps
 
 pytest.importorskip("av")
 
 
 @pytest.fixture(scope="module")
 def long_clip(tmp_path_factory) -> Path:
-    from videovae.video import VideoWriter
+    from videovae.video_write import VideoWriter
 
     path = tmp_path_factory.mktemp("signals") / "long.mp4"
     with VideoWriter(path, 25, 96, 64) as writer:

@@ -1,4 +1,4 @@
-"""videovae.video and videovae.fileio: probing, chunked reading, atomic writing, error messages.
+"""videovae.video and videovae.atomic_write: probing, chunked reading, atomic writing, error messages.
 
 Test videos are synthesised here (a scrolling gradient with a moving square) and encoded with PyAV
 into io.BytesIO, as PyAV's own tests do, then saved to a tmp folder.
@@ -23,9 +23,10 @@ from videovae.errors import (
     VideoFileNotFoundError,
     VideoLayoutError,
 )
-from videovae.fileio import atomic_output
+from videovae.atomic_write import atomic_output
 from videovae.metrics import psnr
-from videovae.video import VideoInfo, VideoWriter, probe, read_chunks, read_video
+from videovae.video import VideoInfo, probe, read_chunks, read_video
+from videovae.video_write import VideoWriter
 
 T, H, W = 40, 72, 100  # frames, height, width of the test video
 FPS = 30

@@ -20,7 +20,7 @@ from safetensors import safe_open
 from torch import nn
 
 from .errors import CheckpointError, CheckpointMismatchError, CheckpointNotFoundError
-from .fileio import atomic_output
+from .atomic_write import atomic_output
 from .families import FAMILIES, FamilySpec
 from .families.spec import check_shapes_match, model_shapes
 

@@ -107,7 +107,7 @@ def _input_files(args: argparse.Namespace, *paths: Path) -> list[Path]:
 def _check_outputs(inputs: list[Path], outputs: list[Path | None]) -> None:
     """Every output's folder exists and is writable, no output is an input (the same file, also
     through a symlink or a hard link), no two outputs collide."""
-    from .fileio import check_output_path
+    from .atomic_write import check_output_path
 
     sources = {}
     for p in inputs:
@@ -133,7 +133,7 @@ def _check_outputs(inputs: list[Path], outputs: list[Path | None]) -> None:
 
 def _check_video_outputs(*paths: Path | None) -> None:
     """Video outputs have an extension videos can be written under (before the model loads)."""
-    from .video import check_video_extension
+    from .video_write import check_video_extension
 
     for path in paths:
         if path is not None:
@@ -246,7 +246,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
     from .latent_files import load_latents, read_latent_meta
     from .progress import Progress
-    from .video import VideoWriter
+    from .video_write import VideoWriter
 
     _check_outputs(_input_files(args, args.latents), [args.output])
     _check_video_outputs(args.output)

@@ -25,7 +25,7 @@ from .checkpoints import DIFFUSERS_WEIGHTS_NAME, load_config_beside, read_header
 from .compute_dtype import parse_dtype
 from .errors import CheckpointMismatchError, OptionError, UsageError
 from .families import svd, svd_layouts
-from .fileio import atomic_output, check_output_path
+from .atomic_write import atomic_output, check_output_path
 
 __all__ = ["convert_checkpoint", "convert_svd_checkpoint", "cast_floating", "svd_layout"]
 

@@ -37,8 +37,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import datetime
-import hashlib
 import json
 import os
 import queue
@@ -46,7 +44,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -57,23 +55,19 @@ import torch.nn.functional as F
 
 from .chunking import POLICY_NAMES, FramePolicy
 from .compute_dtype import CLI_CHOICES, CLI_HELP, FILE_DTYPE, STRICT_HELP, dtype_name
+from .dataset_inputs import MANIFEST, pattern_reaches, resolve_inputs, video_id
 from .engine import EncodedVideo, encode_video
+from .ranks import Ranks, agree, process_group
 from .errors import DatasetError, OutputPathError, VideoVAEError
 from .terminal import escape_controls, shown
 
 __all__ = ["DatasetError", "add_arguments", "run", "resolve_inputs", "video_id"]
 
-MANIFEST = "manifest.jsonl"
 FAILURES = "failures.jsonl"
-LIST_SUFFIXES = (".txt", ".lst", ".list")
 # Fault injection for tests: each rank os._exit()s (no cleanup, like a crash) after saving this many
 # videos. Read at run time, never at import.
 STOP_AFTER_ENV = "VIDEOVAE_DATASET_STOP_AFTER"
 STOP_EXIT_CODE = 75
-# A rank whose shard is done waits at the final barrier for the slowest one; with one long video in
-# a shard that can take hours, so the collective timeout is generous (a crashed rank is detected by
-# torchrun, not by this timeout).
-COLLECTIVE_TIMEOUT = datetime.timedelta(hours=24)
 # Read granularity: frames decoded (and resized) per piece before the video is assembled.
 READ_CHUNK_FRAMES = 32
 
@@ -129,67 +123,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # inputs and ids
 
 
-def _has_glob(text: str) -> bool:
-    return any(c in text for c in "*?[")
-
-
-def _read_list_file(path: Path) -> list[Path]:
-    folder = path.parent
-    paths = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            entry = Path(line).expanduser()
-            paths.append(entry if entry.is_absolute() else folder / entry)
-    return paths
-
-
-def resolve_inputs(items: Sequence[str]) -> list[Path]:
-    """The sorted, de-duplicated resolved absolute paths that `--inputs` names.
-
-    Each item is a glob pattern (matching files only), a list file (.txt/.lst/.list: one path per
-    line, relative ones relative to the list's folder), or a path. Listed paths that do not exist are kept (they are recorded
-    as failures, not silently dropped). Raises DatasetError when nothing is named.
-    """
-    paths: list[Path] = []
-    for item in items:
-        expanded = os.path.expanduser(str(item))
-        if _has_glob(expanded):
-            import glob
-
-            paths.extend(Path(p) for p in glob.glob(expanded, recursive=True) if os.path.isfile(p))
-        elif Path(expanded).suffix.lower() in LIST_SUFFIXES:
-            if not Path(expanded).is_file():
-                raise DatasetError(f"list file not found: {expanded!r}; give a text file with one video path per line")
-            paths.extend(_read_list_file(Path(expanded)))
-        else:
-            paths.append(Path(expanded))
-    resolved = sorted({p.resolve() for p in paths}, key=str)
-    if not resolved:
-        raise DatasetError(
-            f"no input videos: --inputs {' '.join(map(str, items))} names no files (a glob that matched "
-            "nothing, or an empty list file); check the pattern and quote it so the shell does not expand it"
-        )
-    return resolved
-
-
-def _pattern_reaches(item: str, out: Path) -> bool:
-    """Whether the glob `item` would match the latent files a run writes into `out`."""
-    import fnmatch
-
-    expanded = os.path.abspath(os.path.expanduser(item))
-    if not _has_glob(expanded):
-        return False
-    return any(fnmatch.fnmatchcase(str(out / name), expanded) for name in ("x.safetensors", MANIFEST))
-
-
-def video_id(source: Path) -> str:
-    """A stable, readable id of a video from its resolved absolute path: '<stem>-<16 hex of sha1>'."""
-    digest = hashlib.sha1(str(source).encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", source.stem).strip("._")[:48] or "video"
-    return f"{stem}-{digest}"
-
-
 @dataclass(frozen=True)
 class Job:
     """One input video and where its latents go."""
@@ -226,102 +159,6 @@ class Settings:
 
 
 # ---------------------------------------------------------------------------------------------
-# torch.distributed, or nothing
-
-
-@dataclass(frozen=True)
-class Ranks:
-    """This process's place in the job and the few collectives it needs. world == 1 without torchrun,
-    where every collective is the identity."""
-
-    rank: int
-    world: int
-    local_rank: int
-    distributed: bool
-    device: torch.device  # where collective tensors live: cuda:<local_rank> for NCCL, cpu for gloo
-
-    @property
-    def tag(self) -> str:
-        return f"[rank {self.rank}/{self.world}]"
-
-    def broadcast(self, obj: Any) -> Any:
-        """rank 0's `obj`, on every rank."""
-        if not self.distributed:
-            return obj
-        box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0, device=self.device)
-        return box[0]
-
-    def gather(self, obj: Any) -> list[Any] | None:
-        """[obj of rank 0, obj of rank 1, ...] on rank 0, None elsewhere."""
-        if not self.distributed:
-            return [obj]
-        out = [None] * self.world if self.rank == 0 else None
-        torch.distributed.gather_object(obj, out, dst=0)
-        return out
-
-    def all_gather(self, obj: Any) -> list[Any]:
-        if not self.distributed:
-            return [obj]
-        out = [None] * self.world
-        torch.distributed.all_gather_object(out, obj)
-        return out
-
-    def total(self, count: int) -> int:
-        """Sum of `count` over ranks, on every rank."""
-        if not self.distributed:
-            return count
-        value = torch.tensor([count], dtype=torch.int64, device=self.device)
-        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.SUM)
-        return int(value.item())
-
-    def barrier(self) -> None:
-        if self.distributed:
-            torch.distributed.barrier()
-
-
-@contextlib.contextmanager
-def process_group() -> Iterator[Ranks]:
-    """Join torchrun's process group (nccl with CUDA, else gloo) for the block, and leave it after.
-
-    Without torchrun (no WORLD_SIZE in the environment) this is a world of one. A group that the
-    caller already initialised is used as is and left alone.
-    """
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        yield _ranks(dist.get_rank(), dist.get_world_size(), dist.get_backend())
-        return
-    if "WORLD_SIZE" not in os.environ:
-        yield Ranks(0, 1, 0, False, torch.device("cpu"))
-        return
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)  # rank and world from torchrun's env
-    try:
-        yield _ranks(dist.get_rank(), dist.get_world_size(), backend)
-    finally:
-        dist.destroy_process_group()
-
-
-def _ranks(rank: int, world: int, backend: str) -> Ranks:
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-    return Ranks(rank, world, local_rank, True, device)
-
-
-def _agree(ranks: Ranks, error: BaseException | None) -> None:
-    """Raise on every rank when any rank hit `error` (so no rank waits forever in a collective)."""
-    messages = ranks.all_gather(None if error is None else f"{error}".splitlines()[0])
-    if error is not None:
-        raise error
-    failed = [(r, m) for r, m in enumerate(messages) if m is not None]
-    if failed:
-        rank, message = failed[0]
-        raise DatasetError(f"rank {rank} could not start: {message}")
-
-
-# ---------------------------------------------------------------------------------------------
 # the plan: what every rank agrees on before encoding
 
 
@@ -342,7 +179,7 @@ def _make_plan(args: argparse.Namespace) -> Plan:
     detect_family(header.shapes, path=header.path)
     out_given = Path(args.out).expanduser().resolve()
     inside = [s for s in sources if Path(s).resolve().is_relative_to(out_given)]
-    inside += [out_given / "x.safetensors" for item in args.inputs if _pattern_reaches(str(item), out_given)]
+    inside += [out_given / "x.safetensors" for item in args.inputs if pattern_reaches(str(item), out_given)]
     if inside:
         raise DatasetError(
             f"--out {shown(args.out)} holds {len(inside)} of the inputs (e.g. {shown(inside[0])}): a run would "
@@ -364,7 +201,7 @@ def _make_plan(args: argparse.Namespace) -> Plan:
 
 def _prepare_out(out: Path) -> Path:
     """Create --out if needed and check it is a writable folder; OutputPathError otherwise."""
-    from .fileio import check_output_path
+    from .atomic_write import check_output_path
 
     out = out.expanduser()
     try:
@@ -437,7 +274,7 @@ def _current_record(job: Job, settings: Settings) -> dict | None:
 
 def _remove_stale_temporaries(out: Path, names: set[str]) -> int:
     """Delete leftover temporaries of the outputs in `names` (from a crashed run). They are named as
-    `videovae.fileio.atomic_output` names them: `.<target name>.<8 hex>.tmp<suffix>`."""
+    `videovae.atomic_write.atomic_output` names them: `.<target name>.<8 hex>.tmp<suffix>`."""
     pattern = re.compile(r"\.(?P<target>.+?)\.(?:vv-[0-9a-f]{6}-\d+-)?[0-9a-f]{8}\.tmp(\.[^.]*)?")
     removed = 0
     with os.scandir(out) as entries:
@@ -583,7 +420,7 @@ def run(args: argparse.Namespace) -> int:
                                 dtype=plan.settings.dtype, strict_dtype=plan.settings.strict_dtype)
         except (VideoVAEError, OSError, ValueError, RuntimeError) as exc:
             error = exc
-        _agree(ranks, error)
+        agree(ranks, error)
 
         verbose = not getattr(args, "quiet", False)  # the CLI's -q: no per-video lines
         records, stats = _encode_shard(vae, mine, plan, ranks, stop_after, verbose)
@@ -667,7 +504,7 @@ def _encode_one(vae, job: Job, clip: Clip | BaseException, settings: Settings) -
 def _write_reports(plan: Plan, jobs: list[Job], gathered: list, ranks: Ranks) -> None:
     """Rank 0: the manifest (every input, in input order) and failures.jsonl, both atomically; the
     per-rank failure files are folded in and removed."""
-    from .fileio import atomic_output
+    from .atomic_write import atomic_output
 
     by_id = {record["id"]: record for records, _ in gathered for record in records}
     lines = [by_id[job.id] for job in jobs]  # KeyError would mean a rank skipped an input: a bug

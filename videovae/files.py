@@ -140,11 +140,12 @@ def run_reconstruct(
     it ends, the JSON after them; an exception before then deletes every unfinished output.
     """
     from .chunking import FramePolicy
-    from .fileio import atomic_output
+    from .atomic_write import atomic_output
     from .metrics import SSIM_WINDOW, RunningMetrics
     from .progress import Progress
     from .version import __version__
-    from .video import VideoWriter, probe
+    from .video import probe
+    from .video_write import VideoWriter
 
     started = time.perf_counter()
     policy = FramePolicy.coerce(policy)
@@ -269,7 +270,7 @@ def write_sample_video(path: Path, frames: int = 51, height: int = 96, width: in
     a photograph that the shipped model never saw in training."""
     from .camera import render
     from .registry import demo_photo
-    from .video import VideoWriter
+    from .video_write import VideoWriter
 
     clip = render(demo_photo(), DEMO_CAMERA, frames, height, width)  # (T, 3, H, W)
     with VideoWriter(path, fps, width, height) as writer:

@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import LatentFileError, LatentMismatchError
-from .fileio import atomic_output
+from .atomic_write import atomic_output
 from .version import __version__
 
 FORMAT = "videovae.latents/1"

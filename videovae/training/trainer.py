@@ -30,7 +30,7 @@ from ..api import VideoVAE
 from ..checkpoints import save_model
 from ..distribution import LOGVAR_MAX, LOGVAR_MIN
 from ..errors import StateError, UsageError
-from ..fileio import atomic_output
+from ..atomic_write import atomic_output
 from ..metrics import RunningMetrics
 from ..progress import Progress
 from .clips import clip_generator, make_batch
