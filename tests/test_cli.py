@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import videovae
-from videovae import cli, files
+from videovae import files
 from videovae.cli import main
 from videovae.latent_files import load_latents
 from videovae.metrics import psnr, ssim
@@ -188,7 +188,7 @@ def test_comparison_is_original_reconstruction_and_error_side_by_side(lossless, 
     assert torch.equal(to_uint8(left), to_uint8(video))  # the input's own 8-bit frames
     written, _ = read_video(lossless["out"])
     assert torch.equal(to_uint8(middle), to_uint8(written))
-    error = ((middle - left).abs() * cli.ERROR_GAIN).clamp(max=2) - 1
+    error = ((middle - left).abs() * files.ERROR_GAIN).clamp(max=2) - 1
     assert (right - error).abs().max().item() <= 4 * 2 / 255 + 1e-6  # from unquantised frames
     assert right.max() > right.min()  # the untrained weights leave plenty of error to show
 

@@ -248,9 +248,9 @@ def test_damaged_latent_metadata_is_one_line_before_decoding(latent_file, tmp_pa
 
 @pytest.mark.parametrize("name", ["out.xyz", "out"])
 def test_unknown_output_extensions_are_refused_before_the_model_loads(clip, tmp_path, capsys, monkeypatch, name):
-    from videovae import cli
+    from videovae import commands
 
-    monkeypatch.setattr(cli, "_load", lambda args: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(commands, "_load", lambda args: pytest.fail("the model was loaded"))
     code, err = run(["reconstruct", clip, "-o", tmp_path / name], capsys)
     assert_refused(code, err, "unknown video extension")
 
