@@ -113,3 +113,23 @@ def test_one_switch_turns_compile_on_and_off(v1):
     assert "encode_chunk" not in v1.model.__dict__ and "decode_chunk" not in v1.model.__dict__
     x = video(5, 16, 16)
     assert torch.equal(v1.reconstruct(x), v1.reconstruct(x))
+
+
+def test_a_strict_policy_fails_before_any_chunk_is_encoded(v1):
+    from videovae.errors import FramePolicyError
+
+    frames = next(n for n in range(18, 40) if not v1.is_exact(n))
+    calls = []
+    encode_chunk = v1.model.encode_chunk
+    v1.model.encode_chunk = lambda chunk: calls.append(chunk.shape[2]) or encode_chunk(chunk)
+    try:
+        with pytest.raises(FramePolicyError, match="strict policy"):
+            v1.encode(video(frames, 16, 16), policy="strict")
+    finally:
+        del v1.model.encode_chunk
+    assert calls == []  # the first full chunk was not encoded either
+
+
+def test_a_decoder_built_by_hand_refuses_windows_where_the_family_has_chunks(v1):
+    with pytest.raises(OptionError, match="leave them unset"):
+        ChunkDecoder(v1.model, window=(4, 1))

@@ -21,7 +21,7 @@ from .distribution import LatentDistribution
 from .compute_dtype import parse_dtype, resolve_compute_dtype, warn_if_slow
 from .engine import ChunkDecoder, ChunkEncoder, ChunkReconstructor, resolve_window
 from .errors import VideoLayoutError
-from .validation import check_device, check_latents, check_num_frames, check_video, check_video_shape
+from .validation import check_device, check_latents, check_num_frames, check_video_shape
 
 
 class VideoVAE(nn.Module):
@@ -156,10 +156,8 @@ class VideoVAE(nn.Module):
         round-trip exactly (see `exact_frame_counts` and `spatial_compression`).
         Chunks of `frames_per_chunk` frames are encoded independently (no state crosses chunks).
         """
-        x = check_video(video, self.in_channels)
-        self.latent_shape(x.shape, policy)  # a strict policy fails here, before any work
         encoder = self.chunk_encoder(policy)
-        posteriors = encoder.push(x) + encoder.flush()
+        posteriors = encoder.push(video, last=True) + encoder.flush()  # last: a strict policy fails first
         mean = torch.cat([p.mean for p in posteriors], dim=1) if len(posteriors) > 1 else posteriors[0].mean
         logvar = torch.cat([p.logvar for p in posteriors], dim=1) if len(posteriors) > 1 else posteriors[0].logvar
         return LatentDistribution(mean, logvar, encoder.record)

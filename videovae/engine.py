@@ -70,6 +70,7 @@ class ChunkEncoder:
         self.cast = cast  # input -> the model's dtype and device
         self._chunks = Rechunker(encode_window(model))
         self._warned = False
+        self._pushed = 0  # frames pushed so far
         self._record: PadRecord | None = None
 
     @property
@@ -77,10 +78,17 @@ class ChunkEncoder:
         """What the policy did to the frames encoded so far (None before the first chunk)."""
         return self._record
 
-    def push(self, piece: Tensor) -> list[LatentDistribution]:
-        """piece: (B, t, C, H, W) -> a posterior for each chunk it completes (possibly none)."""
+    def push(self, piece: Tensor, *, last: bool = False) -> list[LatentDistribution]:
+        """piece: (B, t, C, H, W) -> a posterior for each chunk it completes (possibly none).
+
+        last=True says that this piece ends the video: the policy is then checked against the whole
+        length before anything is encoded (a strict policy fails before the work, not after it)."""
         piece = check_video(piece, self.model.config.in_channels)
         self._warned = self._warned or warn_if_out_of_range(piece)  # one warning per video
+        self._pushed += piece.shape[1]
+        if last and "strict" in (self.policy.time, self.policy.space):  # pad and trim never fail
+            _, _, _, H, W = piece.shape
+            apply_policy(torch.empty((1, self._pushed, 1, H, W), device="meta"), self.model.frame_layout, self.policy)
         return [self._encode(chunk) for chunk in self._chunks.push(piece)]
 
     def flush(self) -> list[LatentDistribution]:
@@ -160,6 +168,7 @@ class ChunkDecoder:
         self.blend = resolve_blend(model, blend)
         self._seams = SeamBlender() if self.blend else None
         if window is not None:
+            window = resolve_window(model, *window, stream=False)  # refused for families with chunks of their own
             self._windows, self._blender = WindowSplitter(*window), OverlapBlender()
         else:
             self._chunks = Rechunker(model.frame_layout.latents_per_chunk)
