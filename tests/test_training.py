@@ -24,7 +24,7 @@ from videovae.metrics import ssim
 from videovae.training.clips import PhotoClips, clip_generator, make_batch
 from videovae.training.configs import named_config
 from videovae.training.losses import kl_loss, ssim_loss
-from videovae.training.trainer import MODEL_NAME, STATE_NAME, TrainOptions, TrainRun
+from videovae.training.trainer import MODEL_NAME, STATE_NAME, TrainOptions, TrainRun, WeightAverage
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--config", "tiny-v2", "--shape", "9x16x16", "--eval-shape", "9x32x32", "--batch", "1", "--warmup", "2"]
@@ -119,6 +119,7 @@ def test_schedule_warms_up_then_decays_to_the_final_factor():
     (dict(steps=0), "steps must be at least 1"),
     (dict(lr=0.0), "lr must be positive"),
     (dict(shapes=()), "at least one clip shape"),
+    (dict(ema=1.0), r"ema must be in \[0, 1\)"),
 ])
 def test_bad_options_name_the_problem(kwargs, message):
     with pytest.raises(UsageError, match=message):
@@ -156,10 +157,33 @@ def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_path):
     assert losses[-1] < 0.7 * losses[0]
     assert [e["step"] for e in history["evals"]] == list(range(2, 31, 2))
     vae = videovae.load(tmp_path / MODEL_NAME)
-    for name, tensor in run.model.state_dict().items():
-        assert torch.equal(vae.model.state_dict()[name], tensor), name
+    saved, raw = vae.model.state_dict(), run.model.state_dict()
+    for name, tensor in run.ema.average.items():  # the file holds the weight average, not the last step's
+        assert torch.equal(saved[name], tensor), name
+    assert not torch.equal(saved["decoder.conv_out.conv.weight"], raw["decoder.conv_out.conv.weight"])
     meta = json.loads(_metadata(tmp_path / MODEL_NAME)["videovae_training"])
     assert meta["steps"] == 30 and meta["final_eval"]["step"] == 30
+
+
+def test_without_ema_the_last_weights_are_saved(tmp_path):
+    torch.manual_seed(0)
+    run = TrainRun(StepVideoVAE(named_config("tiny-v2")), PhotoClips({"p": _photo()}), tmp_path,
+                   _options(steps=3, ema=0.0), progress=False)
+    run.train()
+    saved = videovae.load(tmp_path / MODEL_NAME).model.state_dict()
+    for name, tensor in run.model.state_dict().items():
+        assert torch.equal(saved[name], tensor), name
+
+
+def test_weight_average_ramps_up_from_the_first_weights():
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    average = WeightAverage(model, decay=0.999)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    average.update(model, 1)  # decay min(0.999, 2 / 11): mostly the new weights
+    assert torch.allclose(average.average["weight"], torch.full((1, 2), 9 / 11))
 
 
 def _metadata(path: Path) -> dict:

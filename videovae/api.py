@@ -129,10 +129,10 @@ class VideoVAE(nn.Module):
             self._slow_dtype_warned = dtype  # once per model and dtype: it was cast by hand, e.g. .to(bf16)
         return x.to(device=device, dtype=dtype)
 
-    def chunk_encoder(self, policy: FramePolicy | str | None = None) -> ChunkEncoder:
+    def chunk_encoder(self, policy: FramePolicy | str | None = None, *, tile=None) -> ChunkEncoder:
         """The streaming encoder of this model (`videovae.engine.ChunkEncoder`): push frame pieces,
-        get a posterior per chunk, flush at the end."""
-        return ChunkEncoder(self.model, policy, cast=self._to_model)
+        get a posterior per chunk, flush at the end. tile: as in `encode`."""
+        return ChunkEncoder(self.model, policy, cast=self._to_model, tile=tile)
 
     def chunk_decoder(
         self,
@@ -142,21 +142,26 @@ class VideoVAE(nn.Module):
         chunk_frames: int | None = None,
         overlap: int = 0,
         stream: bool = True,
+        tile=None,
     ) -> ChunkDecoder:
         """The streaming decoder of this model (`videovae.engine.ChunkDecoder`); the options as in
         `decode`. stream=True gives a whole-clip family (SVD) its declared overlapping windows by
         default, so memory stays bounded; stream=False decodes its whole clip at once."""
         window = resolve_window(self.model, chunk_frames, overlap, stream=stream)
-        return ChunkDecoder(self.model, blend=blend, window=window, num_frames=check_num_frames(num_frames), cast=self._to_model)
+        return ChunkDecoder(self.model, blend=blend, window=window, num_frames=check_num_frames(num_frames),
+                            cast=self._to_model, tile=tile)
 
-    def encode(self, video: Tensor, policy: FramePolicy | str | None = None) -> LatentDistribution:
+    def encode(self, video: Tensor, policy: FramePolicy | str | None = None, *, tile=None) -> LatentDistribution:
         """Encode video: (B, T, C, H, W) in [-1, 1] -> LatentDistribution over (B, T_lat, z, h, w).
 
         policy: "pad" (default), "trim", "strict" or a FramePolicy, for lengths and sizes that do not
         round-trip exactly (see `exact_frame_counts` and `spatial_compression`).
+        tile: run each chunk tile by tile in space, tiles of 256, (height, width) or "HxW" pixels,
+            multiples of `spatial_compression`: the same latents up to float rounding, in less
+            memory (`videovae.tiling`). None (default): untiled.
         Chunks of `frames_per_chunk` frames are encoded independently (no state crosses chunks).
         """
-        encoder = self.chunk_encoder(policy)
+        encoder = self.chunk_encoder(policy, tile=tile)
         posteriors = encoder.push(video, last=True) + encoder.flush()  # last: a strict policy fails first
         mean = torch.cat([p.mean for p in posteriors], dim=1) if len(posteriors) > 1 else posteriors[0].mean
         logvar = torch.cat([p.logvar for p in posteriors], dim=1) if len(posteriors) > 1 else posteriors[0].logvar
@@ -170,6 +175,7 @@ class VideoVAE(nn.Module):
         blend: bool | None = None,
         chunk_frames: int | None = None,
         overlap: int = 0,
+        tile=None,
     ) -> Tensor:
         """Decode latents: (B, T_lat, z, h, w) -> video (B, T, C, H, W), unclamped.
 
@@ -181,6 +187,7 @@ class VideoVAE(nn.Module):
         chunk_frames, overlap: for families that decode the whole clip at once (SVD), decode windows
             of `chunk_frames` latent frames overlapping by `overlap` and cross-fade them (bounded
             memory; see chunk_state.overlap_windows). Families with chunks of their own refuse them.
+        tile: decode tile by tile in space, tiles of that many output pixels (as in `encode`): exact.
         Peak memory is the output plus one chunk (or window).
         """
         num_frames = check_num_frames(num_frames)  # before the work, not after it
@@ -188,7 +195,7 @@ class VideoVAE(nn.Module):
         if isinstance(latents, LatentDistribution):
             record, latents = latents.record, latents.mode()
         z = check_latents(latents, self.latent_channels)
-        decoder = self.chunk_decoder(blend=blend, chunk_frames=chunk_frames, overlap=overlap, stream=False)
+        decoder = self.chunk_decoder(blend=blend, chunk_frames=chunk_frames, overlap=overlap, stream=False, tile=tile)
         step = chunk_frames or self.latent_frames_per_chunk or z.shape[1]
         total = self.frame_layout.decoded_frames(z.shape[1])
         video, position = None, 0
@@ -212,19 +219,20 @@ class VideoVAE(nn.Module):
         *,
         sample: bool = False,
         generator: torch.Generator | None = None,
+        tile=None,
     ) -> Tensor:
         """Encode then decode video: (B, T, C, H, W) -> the same shape (after a `trim` policy, the trimmed one).
 
-        Decodes the posterior mean, or a sample from it with `sample=True`.
+        Decodes the posterior mean, or a sample from it with `sample=True`; tile: as in `encode`.
         """
-        posterior = self.encode(video, policy)
+        posterior = self.encode(video, policy, tile=tile)
         z = posterior.sample(generator) if sample else posterior.mode()
-        return undo(self.decode(z), posterior.record)
+        return undo(self.decode(z, tile=tile), posterior.record)
 
     # -- streaming: one chunk in memory at a time ---------------------------------------------------
 
     def encode_stream(
-        self, frames: Iterable[Tensor], policy: FramePolicy | str | None = None
+        self, frames: Iterable[Tensor], policy: FramePolicy | str | None = None, *, tile=None
     ) -> Iterator[LatentDistribution]:
         """Encode a video given as pieces (B, t, C, H, W) (any t >= 1), one chunk at a time.
 
@@ -232,7 +240,7 @@ class VideoVAE(nn.Module):
         encode window), each with a record of the frames and size it encodes. The concatenated
         latents equal `encode` of the whole video; the policy applies to the whole length.
         """
-        encoder = self.chunk_encoder(policy)
+        encoder = self.chunk_encoder(policy, tile=tile)
         for piece in frames:
             yield from encoder.push(piece)
         yield from encoder.flush()
@@ -245,6 +253,7 @@ class VideoVAE(nn.Module):
         blend: bool | None = None,
         chunk_frames: int | None = None,
         overlap: int = 0,
+        tile=None,
     ) -> Iterator[Tensor]:
         """Decode latents given as pieces (B, t_lat, z, h, w), one decoder chunk at a time.
 
@@ -253,7 +262,7 @@ class VideoVAE(nn.Module):
         next chunk is decoded), cut at `num_frames` when given. chunk_frames, overlap: as in `decode`;
         a whole-clip family (SVD) decodes in its declared windows (`capabilities.stream_window`) by default.
         """
-        decoder = self.chunk_decoder(num_frames, blend=blend, chunk_frames=chunk_frames, overlap=overlap)
+        decoder = self.chunk_decoder(num_frames, blend=blend, chunk_frames=chunk_frames, overlap=overlap, tile=tile)
         for z in latents:
             frames = decoder.push(z)
             if frames.shape[1]:
@@ -269,6 +278,7 @@ class VideoVAE(nn.Module):
         blend: bool | None = None,
         chunk_frames: int | None = None,
         overlap: int = 0,
+        tile=None,
     ) -> Iterator[Tensor]:
         """Reconstruct a video given as pieces (B, t, C, H, W); yields reconstructed pieces.
 
@@ -276,8 +286,8 @@ class VideoVAE(nn.Module):
         windows unless chunk_frames is given), holding one chunk (plus one frame, or one window) in
         memory, so a long video needs the memory of a short one.
         """
-        decoder = self.chunk_decoder(blend=blend, chunk_frames=chunk_frames, overlap=overlap)
-        engine = ChunkReconstructor(self.chunk_encoder(policy), decoder)
+        decoder = self.chunk_decoder(blend=blend, chunk_frames=chunk_frames, overlap=overlap, tile=tile)
+        engine = ChunkReconstructor(self.chunk_encoder(policy, tile=tile), decoder)
         for piece in frames:
             out = engine.push(piece)
             if out.shape[1]:

@@ -16,7 +16,8 @@ files, dataset encoding and the benchmarks push piece by piece.
 A family model sees one chunk at a time, channels-first (`FamilyModel.encode_chunk`/`decode_chunk`).
 What crosses chunks lives in the objects of `videovae.chunk_state`: the frames of an unfinished
 chunk (Rechunker), the held frame of the seam blend (SeamBlender), overlapping decode windows
-(WindowSplitter, OverlapBlender). A spatial tile plan slots in at `_encode_chunk`/`_decode_chunk`.
+(WindowSplitter, OverlapBlender). With `tile`, each chunk runs tile by tile in space
+(`videovae.tiling`): exact, the same numbers as untiled up to float rounding, in less memory.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .distribution import LatentDistribution
 from .errors import OptionError, VideoLayoutError
 from .families.spec import FamilyModel
 from .layers import channels_to_time, time_to_channels
+from .tiling import Tiles, check_tile, parse_tile
 from .validation import check_finite_output, check_latents, check_video, warn_if_out_of_range
 
 Cast = Callable[[Tensor], Tensor]
@@ -52,6 +54,19 @@ def encode_window(model: FamilyModel) -> int | None:
     return model.frame_layout.frames_per_chunk or model.capabilities.encode_window
 
 
+def resolve_tile(model: FamilyModel, tile) -> tuple[int, int] | None:
+    """A user's tile size (int, (h, w), "HxW" or None) checked against the model: full-resolution
+    pixels, multiples of its spatial factor."""
+    tile = parse_tile(tile)
+    if tile is not None:
+        check_tile(tile, model.frame_layout.spatial_factor)
+    return tile
+
+
+def _tiles(model: FamilyModel, tile: tuple[int, int], height: int, width: int) -> Tiles:
+    return Tiles((height, width), tile, model.frame_layout.spatial_factor)
+
+
 def read_frames(model: FamilyModel) -> int:
     """Frames per piece to read from a video file for this model: one encode window."""
     return encode_window(model) or WHOLE_CLIP_READ_FRAMES
@@ -64,9 +79,10 @@ class ChunkEncoder:
     trimmed in time. Holds at most one chunk of frames.
     """
 
-    def __init__(self, model: FamilyModel, policy: FramePolicy | str | None = None, *, cast: Cast = _same):
+    def __init__(self, model: FamilyModel, policy: FramePolicy | str | None = None, *, cast: Cast = _same, tile=None):
         self.model = model
         self.policy = FramePolicy.coerce(policy)
+        self.tile = resolve_tile(model, tile)
         self.cast = cast  # input -> the model's dtype and device
         self._chunks = Rechunker(encode_window(model))
         self._warned = False
@@ -107,7 +123,10 @@ class ChunkEncoder:
 
     def _encode_chunk(self, x: Tensor) -> Tensor:
         """x: (B, T, C, H, W), one exact chunk in the model's dtype -> moments (B, T_lat, 2z, h, w)."""
-        return channels_to_time(self.model.encode_chunk(time_to_channels(x)))
+        x = time_to_channels(x)
+        if self.tile is None:
+            return channels_to_time(self.model.encode_chunk(x))
+        return channels_to_time(self.model.encode_chunk(x, _tiles(self.model, self.tile, *x.shape[-2:])))
 
 
 def _extend(whole: PadRecord, chunk: PadRecord) -> PadRecord:
@@ -157,12 +176,14 @@ class ChunkDecoder:
     window: (latent frames, overlap) to decode a whole-clip family in cross-faded windows (see
         `resolve_window`); None decodes the family's chunks, or gathers the whole clip.
     num_frames: cut the output after this many frames.
+    tile: decode each chunk tile by tile, tiles of (height, width) output pixels (exact).
     Outputs come back in the latents' dtype and on their device.
     """
 
     def __init__(self, model: FamilyModel, *, blend: bool | None = None, window: tuple[int, int] | None = None,
-                 num_frames: int | None = None, cast: Cast = _same):
+                 num_frames: int | None = None, cast: Cast = _same, tile=None):
         self.model = model
+        self.tile = resolve_tile(model, tile)
         self.cast = cast
         self.num_frames = num_frames
         self.blend = resolve_blend(model, blend)
@@ -209,7 +230,11 @@ class ChunkDecoder:
 
     def _decode_chunk(self, z: Tensor) -> Tensor:
         """z: (B, T_lat, z, h, w), one chunk or window in the model's dtype -> (B, T, C, H, W)."""
-        return channels_to_time(self.model.decode_chunk(time_to_channels(z)))
+        z = time_to_channels(z)
+        if self.tile is None:
+            return channels_to_time(self.model.decode_chunk(z))
+        s = self.model.frame_layout.spatial_factor
+        return channels_to_time(self.model.decode_chunk(z, _tiles(self.model, self.tile, z.shape[-2] * s, z.shape[-1] * s)))
 
     def _emit(self, pieces: list[Tensor]) -> Tensor:
         like = self._like

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import torch
 from einops import rearrange
 from torch import Tensor, nn
@@ -192,6 +194,10 @@ class Downsample2d(nn.Module):
         x = F.pad(x, (0, 1, 0, 1))
         return self.conv(x) if x.ndim == 4 else conv_per_frame(x, self.conv)
 
+    def tiled(self, x: Tensor, tiles) -> Tensor:
+        """forward tile by tile (`videovae.tiling.Tiles`)."""
+        return tiles.map(self, x, halo=2, scale=Fraction(1, 2))
+
 
 class Upsample2d(nn.Module):
     """Nearest x2 in (h, w), then a 3x3 conv on each frame: (N, C, H, W) or (B, C, T, H, W) ->
@@ -212,6 +218,10 @@ class Upsample2d(nn.Module):
         if x.ndim == 4:
             return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
         return conv_per_frame(F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest"), self.conv, padding=(1, 1))
+
+    def tiled(self, x: Tensor, tiles) -> Tensor:
+        """forward tile by tile (`videovae.tiling.Tiles`)."""
+        return tiles.map(self, x, halo=1, scale=2)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -52,9 +52,11 @@ class FamilyModel(nn.Module):
 
     Subclasses set `family` (a name), `capabilities` and `config`, and define `version` (int),
     `latent_channels`, `frame_layout` (a `videovae.chunking.FrameLayout`) and, on channels-first clips,
-        encode_chunk(x: (B, C, T, H, W)) -> moments (B, 2z, T_lat, h, w)
-        decode_chunk(z: (B, z, T_lat, h, w)) -> (B, C, T', H, W)
-    for one chunk of `frame_layout` (the whole clip when it has no chunks).
+        encode_chunk(x: (B, C, T, H, W), tiles=None) -> moments (B, 2z, T_lat, h, w)
+        decode_chunk(z: (B, z, T_lat, h, w), tiles=None) -> (B, C, T', H, W)
+    for one chunk of `frame_layout` (the whole clip when it has no chunks). Given a
+    `videovae.tiling.Tiles`, they run tile by tile in space with the same result (each module's
+    `tiled(x, tiles)`: its forward split at the norms, see `videovae.tiling`).
     """
 
     family: str

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -34,6 +35,7 @@ from ..layers import (
     pixel_unshuffle_3d,
     upsample2x_conv,
 )
+from ..tiling import Tiles
 from .spec import Capabilities, FamilyModel, FamilySpec, block_indices
 
 FAMILY = "stepvideo"
@@ -126,6 +128,24 @@ class ResBlock3d(nn.Module):
         h = self.norm2(h, silu=True, front_pad=pad)
         return self.conv2(h, padded=True, residual=shortcut)
 
+    def tiled(self, x: Tensor, tiles: Tiles) -> Tensor:
+        """forward, tile by tile (`videovae.tiling`); x is consumed (the sum is written over it when
+        the shortcut is the identity)."""
+        h = norm_conv_tiled(tiles, self.norm1, self.conv1, x)
+        stats = tiles.stats(self.norm2, h)
+        pad = self.conv2.time_pad
+
+        def second(h_w: Tensor, x_w: Tensor) -> Tensor:
+            shortcut = self.nin_shortcut(x_w) if hasattr(self, "nin_shortcut") else x_w
+            return self.conv2(tiles.normalize(self.norm2, stats, h_w, silu=True, front_pad=pad), padded=True, residual=shortcut)
+
+        return tiles.map(second, h, x, halo=1, out=None if hasattr(self, "nin_shortcut") else x)
+
+
+def norm_conv_tiled(tiles: Tiles, norm: GroupNorm, conv: CausalConv3d, x: Tensor) -> Tensor:
+    """conv(silu(norm(x))) tile by tile: x (B, C, T, H, W)."""
+    return tiles.norm_map(norm, lambda normed: conv(normed, padded=True), x, front_pad=conv.time_pad)
+
 
 class MidBlock(nn.Module):
     """block_1 -> causal attention -> block_2 (keys `mid.block_1`, `mid.attn_1`, `mid.block_2`)."""
@@ -139,6 +159,10 @@ class MidBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.block_2(self.attn_1(self.block_1(x)))
 
+    def tiled(self, x: Tensor, tiles: Tiles) -> Tensor:
+        """The blocks tile by tile; the attention on the whole (lowest-resolution) activation."""
+        return self.block_2.tiled(self.attn_1(self.block_1.tiled(x, tiles)), tiles)
+
 
 class Downsample3d(nn.Module):
     """Causal 3x3x3 conv with stride 2 in (t, h, w)."""
@@ -150,6 +174,9 @@ class Downsample3d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, C, T, H, W) -> (B, C, ceil(T / 2), ceil(H / 2), ceil(W / 2))."""
         return self.conv(x)
+
+    def tiled(self, x: Tensor, tiles: Tiles) -> Tensor:
+        return tiles.map(self.conv, x, halo=2, scale=Fraction(1, 2))
 
 
 class UpsampleResBlock(nn.Module):
@@ -182,6 +209,23 @@ class UpsampleResBlock(nn.Module):
             return add_upsampled_(F.silu(add_upsampled_(h, x, time=True), inplace=True), x, time=True)
         return F.silu(h.add_(u), inplace=True).add_(u)
 
+    def tiled(self, x: Tensor, tiles: Tiles) -> Tensor:
+        """forward, tile by tile: three stages over the upsampled size, split at the norms."""
+        def first(x_w: Tensor) -> Tensor:
+            if self.by_phases:
+                return upsample2x_conv(x_w, self.conv1.conv.weight, self.conv1.conv.bias, time=True)
+            return self.conv1(F.interpolate(x_w, scale_factor=2, mode="nearest"))
+
+        h = tiles.map(first, x, halo=1, scale=2)
+        h = norm_conv_tiled(tiles, self.norm1, self.conv2, h)
+        stats = tiles.stats(self.norm2, h)
+
+        def last(h_w: Tensor, x_w: Tensor) -> Tensor:  # h_w: the tile, x_w: its low-res input
+            h_w = tiles.normalize(self.norm2, stats, h_w)
+            return add_upsampled_(F.silu(add_upsampled_(h_w, x_w, time=True), inplace=True), x_w, time=True)
+
+        return tiles.map(last, h, x, halo=0, out=h)
+
 
 class Upsample3d(nn.Module):
     """Nearest x2 in (t, h, w) and `UpsampleResBlock` (keys `upsample.conv3d.*`)."""
@@ -193,6 +237,9 @@ class Upsample3d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, C, T, H, W) -> (B, C, 2T, 2H, 2W)."""
         return self.conv3d(x)
+
+    def tiled(self, x: Tensor, tiles: Tiles) -> Tensor:
+        return self.conv3d.tiled(x, tiles)
 
 
 class Level(nn.Module):
@@ -235,8 +282,10 @@ class Encoder(nn.Module):
         else:
             self.conv_out = CausalConv3d(width, moments)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x: (B, C, T, H, W), one chunk -> moments (B, 2z, T_lat, h, w)."""
+    def forward(self, x: Tensor, tiles: Tiles | None = None) -> Tensor:
+        """x: (B, C, T, H, W), one chunk -> moments (B, 2z, T_lat, h, w); tile by tile with `tiles`."""
+        if tiles is not None:
+            return self._tiled(x, tiles)
         h = self.conv_in(x)
         for level in self.down:
             for block in level.block:
@@ -246,12 +295,28 @@ class Encoder(nn.Module):
         h = self.mid(h)
         if self.cfg.version == 1:
             return self.conv_out(self.norm_out(h, silu=True, front_pad=self.conv_out.time_pad), padded=True)
+        return self._patchify_tail(self.norm_out(h, silu=True))
 
-        # v2 tail: (B, C, T, H, W) -> patchify to (B, P, (T + 1) / 2, H / 2, W / 2) -> moments.
-        h = self.norm_out(h, silu=True)
+    def _patchify_tail(self, h: Tensor) -> Tensor:
+        """v2: normed h (B, C, T, H, W) -> patchify to (B, P, (T + 1) / 2, H / 2, W / 2) -> moments."""
         shortcut = channel_group_mean(pixel_unshuffle_3d(pad_time_front(h, 1), 2), self.cfg.patch_channels)
         h = self.conv_patchify(h).add_(shortcut)
         return self.conv_out(h, residual=channel_group_mean(h, 2 * self.cfg.z_channels))
+
+    def _tiled(self, x: Tensor, tiles: Tiles) -> Tensor:
+        h = tiles.map(self.conv_in, x, halo=1)
+        for level in self.down:
+            for block in level.block:
+                h = block.tiled(h, tiles)
+            if hasattr(level, "downsample"):
+                h = level.downsample.tiled(h, tiles)
+        h = self.mid.tiled(h, tiles)
+        if self.cfg.version == 1:
+            return norm_conv_tiled(tiles, self.norm_out, self.conv_out, h)
+        stats = tiles.stats(self.norm_out, h)
+        # two 3x3 convs, the second at half size: 3 pixels of halo, rounded to the stride
+        return tiles.map(lambda w: self._patchify_tail(tiles.normalize(self.norm_out, stats, w, silu=True)),
+                         h, halo=4, scale=Fraction(1, 2))
 
 
 class _PatchifyConv(nn.Module):
@@ -308,14 +373,12 @@ class Decoder(nn.Module):
         # Frames the causal temporal upsampling adds in front of each chunk; dropped at the end.
         self.crop_frames = 2 ** len(cfg.decoder_temporal_levels) - 1
 
-    def forward(self, z: Tensor) -> Tensor:
-        """z: (B, z, L, h, w), one chunk -> (B, C_out, time_factor * (L - 1) + 1, H, W)."""
-        h = self.conv_in(z)
-        if self.cfg.version == 2:
-            P, width = self.cfg.patch_channels, self.cfg.decoder_widths[-1]
-            h = h.add_(z.repeat_interleave(P // self.cfg.z_channels, dim=1))
-            shortcut = pixel_shuffle_3d(h.repeat_interleave(width * 8 // P, dim=1), 2)[:, :, 1:]
-            h = self.conv_unpatchify(h).add_(shortcut)
+    def forward(self, z: Tensor, tiles: Tiles | None = None) -> Tensor:
+        """z: (B, z, L, h, w), one chunk -> (B, C_out, time_factor * (L - 1) + 1, H, W); tile by
+        tile with `tiles`."""
+        if tiles is not None:
+            return self._tiled(z, tiles)
+        h = self._head(z)
         h = self.mid(h)
         for level in reversed(self.up):
             for block in level.block:
@@ -323,6 +386,27 @@ class Decoder(nn.Module):
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
         h = self.conv_out(self.norm_out(h, silu=True, front_pad=self.conv_out.time_pad), padded=True)
+        return h[:, :, self.crop_frames:]
+
+    def _head(self, z: Tensor) -> Tensor:
+        h = self.conv_in(z)
+        if self.cfg.version == 2:
+            P, width = self.cfg.patch_channels, self.cfg.decoder_widths[-1]
+            h = h.add_(z.repeat_interleave(P // self.cfg.z_channels, dim=1))
+            shortcut = pixel_shuffle_3d(h.repeat_interleave(width * 8 // P, dim=1), 2)[:, :, 1:]
+            h = self.conv_unpatchify(h).add_(shortcut)
+        return h
+
+    def _tiled(self, z: Tensor, tiles: Tiles) -> Tensor:
+        # v2's head: two 3x3 convs at the latent size, then a 2x pixel shuffle
+        h = tiles.map(self._head, z, halo=2, scale=2 if self.cfg.version == 2 else 1)
+        h = self.mid.tiled(h, tiles)
+        for level in reversed(self.up):
+            for block in level.block:
+                h = block.tiled(h, tiles)
+            if hasattr(level, "upsample"):
+                h = level.upsample.tiled(h, tiles)
+        h = norm_conv_tiled(tiles, self.norm_out, self.conv_out, h)
         return h[:, :, self.crop_frames:]
 
 
@@ -350,13 +434,13 @@ class StepVideoVAE(FamilyModel):
     def frame_layout(self) -> FrameLayout:
         return self.config.frame_layout
 
-    def encode_chunk(self, x: Tensor) -> Tensor:
+    def encode_chunk(self, x: Tensor, tiles: Tiles | None = None) -> Tensor:
         """x: (B, C, T, H, W), T exact and <= 17 -> moments (B, 2z, T_lat, h, w)."""
-        return self.encoder(x)
+        return self.encoder(x, tiles)
 
-    def decode_chunk(self, z: Tensor) -> Tensor:
+    def decode_chunk(self, z: Tensor, tiles: Tiles | None = None) -> Tensor:
         """z: (B, z, L, h, w), L <= latents_per_chunk -> (B, C, T, H, W)."""
-        return self.decoder(z)
+        return self.decoder(z, tiles)
 
 
 # ------------------------------------------------------------------------------------------------

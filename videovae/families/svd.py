@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from ..chunking import FrameLayout
 from ..errors import CheckpointMismatchError, OptionError
 from ..layers import Downsample2d, GroupNorm, Upsample2d, clip_to_folded, folded_to_clip, self_attention
+from ..tiling import Tiles
 from .spec import Capabilities, FamilyModel, block_indices
 
 __all__ = ["SVDConfig", "SVDVAE", "config_from_shapes"]
@@ -140,6 +141,18 @@ class ResnetBlock2D(nn.Module):
         skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
         return skip + h
 
+    def tiled(self, x: Tensor, tiles: Tiles) -> Tensor:
+        """forward tile by tile (`videovae.tiling`); x is consumed (the sum is written over it when
+        the shortcut is the identity)."""
+        h = tiles.norm_map(self.norm1, self.conv1, x)
+        stats = tiles.stats(self.norm2, h)
+
+        def second(h_w: Tensor, x_w: Tensor) -> Tensor:
+            skip = x_w if self.conv_shortcut is None else self.conv_shortcut(x_w)
+            return self.conv2(tiles.normalize(self.norm2, stats, h_w, silu=True)).add_(skip)
+
+        return tiles.map(second, h, x, halo=1, out=x if self.conv_shortcut is None else None)
+
 
 class TemporalResBlock(nn.Module):
     """Resnet of (3, 1, 1) convolutions over a clip (B, C, T, H, W); group norm statistics over
@@ -156,6 +169,13 @@ class TemporalResBlock(nn.Module):
         h = self.conv1(self.norm1(clip, silu=True))
         h = self.conv2(self.norm2(h, silu=True))
         return clip + h
+
+    def tiled(self, clip: Tensor, tiles: Tiles) -> Tensor:
+        """forward tile by tile: the convs reach no neighbour in space, the norms see the whole clip."""
+        h = tiles.norm_map(self.norm1, self.conv1, clip, halo=0)
+        stats = tiles.stats(self.norm2, h)
+        return tiles.map(lambda h_w, x_w: self.conv2(tiles.normalize(self.norm2, stats, h_w, silu=True)).add_(x_w),
+                         h, clip, halo=0, out=h)
 
 
 class TimeMixer(nn.Module):
@@ -187,6 +207,11 @@ class SpatioTemporalResBlock(nn.Module):
         spatial = self.spatial_res_block(x)  # (B*T, C, H, W)
         temporal = self.temporal_res_block(folded_to_clip(spatial, num_frames))  # (B, C, T, H, W)
         return self.time_mixer(spatial, clip_to_folded(temporal))  # (B*T, C, H, W), spatial's layout
+
+    def tiled(self, x: Tensor, num_frames: int, tiles: Tiles) -> Tensor:
+        spatial = self.spatial_res_block.tiled(x, tiles)
+        temporal = self.temporal_res_block.tiled(folded_to_clip(spatial, num_frames), tiles)
+        return tiles.map(self.time_mixer, spatial, clip_to_folded(temporal), halo=0, out=spatial)
 
 
 class Attention(nn.Module):
@@ -221,6 +246,13 @@ class EncoderDownBlock(nn.Module):
             x = self.downsamplers[0](x)
         return x
 
+    def tiled(self, x: Tensor, tiles: Tiles) -> Tensor:
+        for resnet in self.resnets:
+            x = resnet.tiled(x, tiles)
+        if self.downsamplers is not None:
+            x = self.downsamplers[0].tiled(x, tiles)
+        return x
+
 
 class EncoderMidBlock(nn.Module):
     def __init__(self, channels: int, groups: int):
@@ -230,6 +262,10 @@ class EncoderMidBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.resnets[1](self.attentions[0](self.resnets[0](x)))
+
+    def tiled(self, x: Tensor, tiles: Tiles) -> Tensor:
+        """The resnets tile by tile; the attention on the whole (lowest-resolution) images."""
+        return self.resnets[1].tiled(self.attentions[0](self.resnets[0].tiled(x, tiles)), tiles)
 
 
 class Encoder(nn.Module):
@@ -247,12 +283,21 @@ class Encoder(nn.Module):
         self.conv_norm_out = GroupNorm(widths[-1], groups, SPATIAL_EPS)
         self.conv_out = nn.Conv2d(widths[-1], 2 * cfg.latent_channels, 3, padding=1)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, tiles: Tiles | None = None) -> Tensor:
+        if tiles is not None:
+            return self._tiled(x, tiles)
         h = self.conv_in(x)
         for block in self.down_blocks:
             h = block(h)
         h = self.mid_block(h)
         return self.conv_out(self.conv_norm_out(h, silu=True))
+
+    def _tiled(self, x: Tensor, tiles: Tiles) -> Tensor:
+        h = tiles.map(self.conv_in, x, halo=1)
+        for block in self.down_blocks:
+            h = block.tiled(h, tiles)
+        h = self.mid_block.tiled(h, tiles)
+        return tiles.norm_map(self.conv_norm_out, self.conv_out, h)
 
 
 class DecoderMidBlock(nn.Module):
@@ -268,6 +313,13 @@ class DecoderMidBlock(nn.Module):
         x = self.resnets[0](x, num_frames)
         for attention, resnet in zip(self.attentions, self.resnets[1:]):
             x = resnet(attention(x), num_frames)
+        return x
+
+    def tiled(self, x: Tensor, num_frames: int, tiles: Tiles) -> Tensor:
+        """The resnets tile by tile; the attention on the whole (lowest-resolution) images."""
+        x = self.resnets[0].tiled(x, num_frames, tiles)
+        for attention, resnet in zip(self.attentions, self.resnets[1:]):
+            x = resnet.tiled(attention(x), num_frames, tiles)
         return x
 
 
@@ -290,6 +342,13 @@ class DecoderUpBlock(nn.Module):
             x = self.upsamplers[0](x)
         return x
 
+    def tiled(self, x: Tensor, num_frames: int, tiles: Tiles) -> Tensor:
+        for resnet in self.resnets:
+            x = resnet.tiled(x, num_frames, tiles)
+        if self.upsamplers is not None:
+            x = self.upsamplers[0].tiled(x, tiles)
+        return x
+
 
 class TemporalDecoder(nn.Module):
     """Folded latents (B*T, z, h, w) of clips of T frames -> folded frames (B*T, out, h*f, w*f)."""
@@ -307,12 +366,22 @@ class TemporalDecoder(nn.Module):
         self.conv_out = nn.Conv2d(widths[-1], cfg.out_channels, 3, padding=1)
         self.time_conv_out = nn.Conv3d(cfg.out_channels, cfg.out_channels, (3, 1, 1), padding=(1, 0, 0))
 
-    def forward(self, z: Tensor, num_frames: int) -> Tensor:
+    def forward(self, z: Tensor, num_frames: int, tiles: Tiles | None = None) -> Tensor:
+        if tiles is not None:
+            return self._tiled(z, num_frames, tiles)
         h = self.mid_block(self.conv_in(z), num_frames)
         for block in self.up_blocks:
             h = block(h, num_frames)
         h = self.conv_out(self.conv_norm_out(h, silu=True))  # (B*T, out, H, W)
         clip = self.time_conv_out(folded_to_clip(h, num_frames))  # (B, out, T, H, W)
+        return clip_to_folded(clip)
+
+    def _tiled(self, z: Tensor, num_frames: int, tiles: Tiles) -> Tensor:
+        h = self.mid_block.tiled(tiles.map(self.conv_in, z, halo=1), num_frames, tiles)
+        for block in self.up_blocks:
+            h = block.tiled(h, num_frames, tiles)
+        h = tiles.norm_map(self.conv_norm_out, self.conv_out, h)  # (B*T, out, H, W)
+        clip = tiles.map(self.time_conv_out, folded_to_clip(h, num_frames), halo=0)  # (3, 1, 1): no reach in space
         return clip_to_folded(clip)
 
 
@@ -351,17 +420,17 @@ class SVDVAE(FamilyModel):
             frames_per_chunk=None, latents_per_chunk=None, time_factor=1, spatial_factor=self.config.spatial_compression
         )
 
-    def encode_chunk(self, x: Tensor) -> Tensor:
+    def encode_chunk(self, x: Tensor, tiles: Tiles | None = None) -> Tensor:
         """x: (B, C, T, H, W) -> moments (B, 2z, T, h, w), raw latent scale; every frame on its own."""
         num_frames = x.shape[2]
-        moments = self.quant_conv(self.encoder(clip_to_folded(x)))  # (B*T, 2z, h, w)
+        moments = self.quant_conv(self.encoder(clip_to_folded(x), tiles))  # (B*T, 2z, h, w)
         return folded_to_clip(moments, num_frames, contiguous=False)
 
-    def decode_chunk(self, z: Tensor) -> Tensor:
+    def decode_chunk(self, z: Tensor, tiles: Tiles | None = None) -> Tensor:
         """z: (B, z, T, h, w), raw latent scale -> frames (B, C, T, H, W); the temporal layers mix
         all T frames."""
         num_frames = z.shape[2]
-        frames = self.decoder(clip_to_folded(z), num_frames)  # (B*T, C, H, W)
+        frames = self.decoder(clip_to_folded(z), num_frames, tiles)  # (B*T, C, H, W)
         return folded_to_clip(frames, num_frames, contiguous=False)
 
 

@@ -39,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--kl-weight", type=float, default=1e-6)
     p.add_argument("--ssim-weight", type=float, default=0.2)
+    p.add_argument("--ema", type=float, default=0.999,
+                   help="decay of the weights' moving average that is evaluated and saved (default 0.999; 0: the raw weights)")
     p.add_argument("--decoder-only", action="store_true", help="freeze the encoder (adapt the decoder to a domain)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=250, help="held-out PSNR/SSIM every N steps (default 250)")
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     shapes = tuple(args.shape or ((9, 48, 48), (17, 32, 32)))
     options = TrainOptions(
         steps=args.steps, batch=args.batch, shapes=shapes, lr=args.lr, warmup=args.warmup,
-        kl_weight=args.kl_weight, ssim_weight=args.ssim_weight, decoder_only=args.decoder_only,
+        kl_weight=args.kl_weight, ssim_weight=args.ssim_weight, decoder_only=args.decoder_only, ema=args.ema,
         seed=args.seed, eval_every=args.eval_every, eval_shape=args.eval_shape, checkpoint_every=args.checkpoint_every,
     )
     device = check_device(args.device)

@@ -1,14 +1,18 @@
 """The training loop of `videovae train`: L1 + SSIM + a small KL, AdamW with warmup and cosine decay,
-atomic resumable state, held-out PSNR/SSIM, and a final safetensors file `videovae.load` reads.
+an exponential moving average (EMA) of the weights, atomic resumable state, held-out PSNR/SSIM,
+and a final safetensors file `videovae.load` reads.
 
     run = TrainRun(model, PhotoClips(photos("train")), out_dir="runs/demo", options=TrainOptions(steps=3000))
     run.train()      # resumes from runs/demo/train_state.pt if an earlier run left one
 
 The run folder holds
-  train_state.pt   model, optimizer, schedule and step (written atomically: a killed run leaves the
-                   previous complete state, never a partial one);
+  train_state.pt   model, EMA, optimizer, schedule and step (written atomically: a killed run leaves
+                   the previous complete state, never a partial one);
   history.json     the options, the losses and every held-out evaluation (the PSNR curve);
-  model.safetensors the trained weights, in the family's checkpoint layout, at the end.
+  model.safetensors the trained weights (the EMA ones when ema > 0), in the family's checkpoint
+                   layout, at the end.
+With batches of two small clips each step's gradient is noisy, and the raw weights jitter around the
+minimum at any useful learning rate; the held-out evaluation and the final file use the average.
 The batch of every step is drawn from (seed, step), so a resumed run trains on exactly the data an
 uninterrupted one would have.
 """
@@ -50,6 +54,7 @@ class TrainOptions:
     lr: AdamW peak learning rate, reached after `warmup` steps, then cosine decay to lr * final_lr.
     kl_weight: weight of the KL term (small: the latent stays close to deterministic).
     decoder_only: freeze the encoder and train the decoder (adapting a VAE to a domain).
+    ema: decay of the weights' exponential moving average (0: none; evaluate and save the raw weights).
     """
 
     steps: int = 3000
@@ -64,6 +69,7 @@ class TrainOptions:
     ssim_weight: float = 0.2
     kl_weight: float = 1e-6
     decoder_only: bool = False
+    ema: float = 0.999
     seed: int = 0
     eval_every: int = 250
     eval_clips: int = 4
@@ -76,6 +82,8 @@ class TrainOptions:
                 raise UsageError(f"train: {name.replace('_', '-')} must be at least 1; got {getattr(self, name)}")
         if self.lr <= 0 or self.warmup < 0:
             raise UsageError(f"train: lr must be positive and warmup >= 0; got lr={self.lr}, warmup={self.warmup}")
+        if not 0 <= self.ema < 1:
+            raise UsageError(f"train: ema must be in [0, 1) (0 turns it off); got {self.ema}")
         if not self.shapes:
             raise UsageError("train: give at least one clip shape (T, H, W)")
 
@@ -142,6 +150,7 @@ class TrainRun:
             lr=options.lr, betas=(0.9, 0.99),
         )
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, options.learning_rate_factor)
+        self.ema = WeightAverage(self.model, options.ema) if options.ema > 0 else None
         self.step = 0
         self.history: dict = {"options": options.to_dict(), "losses": [], "evals": [], "wall_seconds": 0.0}
 
@@ -156,6 +165,7 @@ class TrainRun:
             "step": self.step,
             "options": self.options.to_dict(),
             "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else {},
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "history": json.dumps(self.history),
@@ -180,6 +190,8 @@ class TrainRun:
                 "or give a new --out"
             )
         self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.step = int(state["step"])
@@ -218,7 +230,22 @@ class TrainRun:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trained, o.grad_clip)
         self.optimizer.step()
         self.schedule.step()
+        if self.ema is not None:
+            self.ema.update(self.model, self.step + 1)
         return {"loss": loss.item(), "l1": l1.item(), "ssim": 1 - ssim.item(), "kl": kl.item(), "grad_norm": float(grad_norm)}
+
+    @contextlib.contextmanager
+    def _averaged(self):
+        """The model holds the EMA weights inside (the raw ones are restored on the way out)."""
+        if self.ema is None:
+            yield
+            return
+        raw = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.ema.copy_to(self.model)
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(raw)
 
     # -- evaluation ------------------------------------------------------------------------------
 
@@ -229,7 +256,7 @@ class TrainRun:
         o = self.options
         vae = VideoVAE(self.model)
         metrics = RunningMetrics()
-        with torch.no_grad():
+        with self._averaged(), torch.no_grad():
             for i in range(o.eval_clips):
                 clip = self.eval_source.clip(clip_generator(EVAL_SEED, 0, i), *o.eval_shape)[None]  # (1, T, 3, H, W)
                 metrics.update(clip, vae.reconstruct(clip.to(self.device)).float().cpu())
@@ -277,10 +304,41 @@ class TrainRun:
         self.history["wall_seconds"] = wall_before + time.monotonic() - started
         self._write_history()
         final = self.history["evals"][-1] if self.history["evals"] else {}
-        save_model(self.model, self.out / MODEL_NAME, metadata={
-            "videovae_training": json.dumps({"options": o.to_dict(), "steps": self.step, "final_eval": final}),
-        })
+        with self._averaged():
+            save_model(self.model, self.out / MODEL_NAME, metadata={
+                "videovae_training": json.dumps({"options": o.to_dict(), "steps": self.step, "final_eval": final}),
+            })
         return self.history
+
+
+class WeightAverage:
+    """An exponential moving average of a model's floating-point state, in float32.
+
+    The decay ramps up as min(decay, (1 + n) / (10 + n)) after n updates, so that the average is not
+    held back by the random initial weights of a run from scratch."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.average = {k: v.detach().float().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, updates: int) -> None:
+        d = min(self.decay, (1 + updates) / (10 + updates))
+        for k, v in model.state_dict().items():
+            if k in self.average:
+                self.average[k].lerp_(v.detach().float(), 1 - d)
+
+    def copy_to(self, model: nn.Module) -> None:
+        state = model.state_dict()
+        model.load_state_dict({k: self.average[k].to(v.dtype) if k in self.average else v for k, v in state.items()})
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return dict(self.average)
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if state.keys() != self.average.keys():
+            raise StateError("the saved run has no weight average for this model; delete its train_state.pt to start over")
+        self.average = {k: v.float().clone() for k, v in state.items()}
 
 
 def _mean(rows: list[dict[str, float]]) -> dict[str, float]:

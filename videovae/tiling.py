@@ -1,0 +1,191 @@
+"""Exact spatial tiling: a network run tile by tile gives the untiled result up to float rounding.
+
+A model runs in stages, each stage one spatially local step (a conv, an upsampling conv, a norm
+applied with given statistics then a conv) over a stored whole activation:
+
+    tiles = Tiles((H, W), tile=(256, 256), align=8)         # the grid, in full-resolution pixels
+    stats = tiles.stats(norm, x)                            # group-norm statistics of all of x (float32)
+    h = tiles.map(lambda w: conv(tiles.normalize(norm, stats, w, silu=True)), x, halo=1)
+
+`map` runs its function on each tile's window, the tile plus `halo` rows and columns of its
+neighbours (what the local step reads beyond the tile), and keeps the tile's part of the result.
+Where a window ends inside the frame the function pads it with zeros that the real frame does not
+have, but only the halo's outputs see them, and those are cut away. So the grid changes where work
+happens, never the result: the statistics are those of the whole activation, taken in two passes
+about the global mean (as `nn.GroupNorm` does, and DistVAE across GPUs), and what needs the whole
+frame (attention, at the lowest resolution) runs on the whole activation.
+
+The grid is fixed at full resolution and divided by each activation's own factor, so that every
+level of the network sees the same tiles; tile sides are multiples of the model's spatial factor.
+The time axis is never tiled: causal convs keep their whole chunk.
+
+What tiling saves: a stage holds its input, its output and one window's workspace, where the
+untiled step also holds the normalised copy, the padded copy and the conv's own buffers of the
+whole activation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from .errors import OptionError
+from .layers import GroupNorm, pad_time_front
+
+
+def parse_tile(tile) -> tuple[int, int] | None:
+    """A tile size as given by a user: 256, (256, 384), "256" or "256x384" (height x width) ->
+    (height, width), or None for no tiling. Refuses non-positive sizes and other forms."""
+    if tile is None:
+        return None
+    if isinstance(tile, str):
+        parts = tile.lower().split("x")
+        try:
+            sizes = tuple(int(p) for p in parts)
+        except ValueError:
+            sizes = ()
+        if len(sizes) not in (1, 2):
+            raise OptionError(f"tile {tile!r} is not a size: give HxW in pixels, such as 256x256, or one number")
+    elif isinstance(tile, int) and not isinstance(tile, bool):
+        sizes = (tile,)
+    elif isinstance(tile, Sequence) and len(tile) == 2 and all(isinstance(s, int) and not isinstance(s, bool) for s in tile):
+        sizes = tuple(tile)
+    else:
+        raise OptionError(f"tile must be an int, (height, width) or 'HxW'; got {tile!r}")
+    height, width = sizes if len(sizes) == 2 else sizes * 2
+    if height < 1 or width < 1:
+        raise OptionError(f"tile sizes must be positive; got {height}x{width} (height x width)")
+    return height, width
+
+
+def check_tile(tile: tuple[int, int], align: int) -> None:
+    """A tile's sides must be multiples of the model's spatial factor, so that every level's
+    activation divides on the same grid (a halo has no minimum: it is read from the neighbours)."""
+    height, width = tile
+    if height % align or width % align:
+        def near(n):
+            low = max(align, n // align * align)
+            return f"{low}" if low == n // align * align + align else f"{low} or {low + align}"
+        raise OptionError(
+            f"tile {height}x{width} is not a multiple of this model's spatial factor {align}: "
+            f"use a height of {near(height)} and a width of {near(width)}"
+        )
+
+
+@dataclass(frozen=True)
+class NormStats:
+    """Group-norm statistics of a whole activation: mean and 1/std, float32, shaped to broadcast
+    over x viewed as (B, G, C/G, F, 1, 1) with F = T per frame, 1 per clip."""
+
+    mean: Tensor
+    rstd: Tensor
+
+
+class Tiles:
+    """The tile grid of one clip whose full-resolution frames are `size` = (H, W) pixels.
+
+    tile: (height, width) in full-resolution pixels, multiples of `align` (the model's spatial
+    factor); the last row and column of tiles take what is left. An activation of the network of
+    size (H / f, W / f) is cut at the same places divided by f.
+    """
+
+    def __init__(self, size: tuple[int, int], tile: tuple[int, int], align: int):
+        check_tile(tile, align)
+        self.size = size
+        self.tile = (min(tile[0], size[0]), min(tile[1], size[1]))
+
+    @property
+    def count(self) -> int:
+        return len(self._cuts(0, self.size[0])) * len(self._cuts(1, self.size[1]))
+
+    def _cuts(self, axis: int, length: int) -> list[tuple[int, int]]:
+        """[(start, stop)] along `axis` of an activation `length` long."""
+        full = self.size[axis]
+        factor = Fraction(full, length)
+        if factor.denominator != 1 and factor.numerator != 1:
+            raise ValueError(f"an activation of {length} does not divide the {full}-pixel grid")
+        edges = [Fraction(e) / factor for e in range(0, full, self.tile[axis])] + [Fraction(length)]
+        if any(e.denominator != 1 for e in edges):
+            raise ValueError(f"tile {self.tile} does not divide an activation of {length}")
+        return [(int(a), int(b)) for a, b in zip(edges, edges[1:])]
+
+    def map(self, fn: Callable[..., Tensor], x: Tensor, *others: Tensor, halo: int, scale: Fraction | int = 1,
+            out: Tensor | None = None) -> Tensor:
+        """fn over each tile's window of x: (..., H, W) -> the result (..., H * scale, W * scale).
+
+        halo: rows/columns of neighbours each window adds on every side (in x's pixels; a multiple
+            of 1 / scale when scale < 1, so that a strided step keeps the global grid).
+        others: more inputs given to fn, sliced to the same window at their own resolution (a
+            residual, an input to upsample-and-add); they are read, never written.
+        out: where to write the result (by default a new tensor); it may be x itself when fn reads
+            x only at the positions it writes (a residual added in place): windows then read
+            already written neighbours, but only in the halo whose outputs are cut away.
+        """
+        scale = Fraction(scale)
+        if scale < 1 and (halo % scale.denominator):
+            raise ValueError(f"halo {halo} must be a multiple of the stride {scale.denominator}")
+        H, W = x.shape[-2:]
+        for y0, y1 in self._cuts(0, H):
+            for x0, x1 in self._cuts(1, W):
+                wy0, wy1, wx0, wx1 = max(0, y0 - halo), min(H, y1 + halo), max(0, x0 - halo), min(W, x1 + halo)
+                windows = [_window(t, H, (wy0, wy1, wx0, wx1)) for t in (x, *others)]
+                y = fn(*windows)
+                oy, ox = int((y0 - wy0) * scale), int((x0 - wx0) * scale)
+                core = y[..., oy : oy + int((y1 - y0) * scale), ox : ox + int((x1 - x0) * scale)]
+                if out is None:
+                    out = y.new_empty((*y.shape[:-2], int(H * scale), int(W * scale)))
+                out[..., int(y0 * scale) : int(y1 * scale), int(x0 * scale) : int(x1 * scale)] = core
+                del y, core, windows
+        return out
+
+    def stats(self, norm: GroupNorm, x: Tensor) -> NormStats:
+        """The statistics `norm` takes of the whole of x: a clip (B, C, T, H, W) (per clip or per
+        frame, as the norm says) or images (N, C, H, W), in float32, in two passes over the tiles:
+        the sums give the global mean, then the squared deviations about it the variance (divided
+        by the count, as nn.GroupNorm does)."""
+        per_frame = norm.per_frame and x.ndim == 5
+        dims = tuple(d for d in range(2, x.ndim + 1) if not (per_frame and d == 3))  # of (B, G, C/G, ...)
+        H, W = x.shape[-2:]
+        parts = [(slice(y0, y1), slice(x0, x1)) for y0, y1 in self._cuts(0, H) for x0, x1 in self._cuts(1, W)]
+        total = sum(_grouped(x[..., ys, xs], norm.num_groups).sum(dims, keepdim=True) for ys, xs in parts)
+        count = x[0, 0].numel() // (x.shape[2] if per_frame else 1) * (x.shape[1] // norm.num_groups)
+        mean = total / count
+        squares = sum((_grouped(x[..., ys, xs], norm.num_groups) - mean).square().sum(dims, keepdim=True) for ys, xs in parts)
+        return NormStats(mean, torch.rsqrt(squares / count + norm.eps))
+
+    def norm_map(self, norm: GroupNorm, fn: Callable[[Tensor], Tensor], x: Tensor, *, halo: int = 1,
+                 silu: bool = True, front_pad: int = 0) -> Tensor:
+        """fn(norm(x, silu=..., front_pad=...)) tile by tile, with the whole of x's statistics: the
+        usual norm -> SiLU -> conv step (fn the conv, halo its reach)."""
+        stats = self.stats(norm, x)
+        return self.map(lambda w: fn(self.normalize(norm, stats, w, silu=silu, front_pad=front_pad)), x, halo=halo)
+
+    @staticmethod
+    def normalize(norm: GroupNorm, stats: NormStats, x: Tensor, *, silu: bool = False, front_pad: int = 0) -> Tensor:
+        """norm(x, silu=..., front_pad=...) of a window x: (B, C, T, h, w) or (N, C, h, w) of the
+        activation that `stats` describe: the arithmetic in float32, rounded once to x's dtype."""
+        C = x.shape[1]
+        y = ((_grouped(x, norm.num_groups) - stats.mean) * stats.rstd).view(x.shape)
+        shape = (1, C) + (1,) * (x.ndim - 2)
+        y = y * norm.weight.float().view(shape) + norm.bias.float().view(shape)
+        if silu:
+            y = F.silu(y, inplace=True)
+        return pad_time_front(y.to(x.dtype), front_pad)
+
+
+def _grouped(x: Tensor, groups: int) -> Tensor:
+    """x: (B, C, ...) -> float32 (B, G, C/G, ...)."""
+    return x.float().unflatten(1, (groups, x.shape[1] // groups))
+
+
+def _window(t: Tensor, H: int, box: tuple[int, int, int, int]) -> Tensor:
+    """t's part of the window box = (y0, y1, x0, x1), given in an activation of height H; t may be
+    at another resolution (sliced at its own scale)."""
+    r = Fraction(t.shape[-2], H)
+    y0, y1, x0, x1 = (int(b * r) for b in box)
+    return t[..., y0:y1, x0:x1]
