@@ -12,8 +12,8 @@ import torch
 
 import videovae
 from conftest import stepvideo_io, stepvideo_weights
-from videovae.adapters.diffusers import TILING_NOT_IMPLEMENTED, SVDFace, VideoFace
-from videovae.errors import VideoLayoutError
+from videovae.adapters.diffusers import SVDFace, VideoFace
+from videovae.errors import OptionError, VideoLayoutError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "svd"
 DIFFUSERS_DIR = FIXTURES / "svd_vae_tiny_diffusers"
@@ -107,10 +107,21 @@ def test_video_face_over_svd(svd, svd_io):
     torch.testing.assert_close(face.decode(two).sample, whole, atol=ATOL, rtol=0)
     torch.testing.assert_close(face.encode(torch.cat([video, video])).latent_dist.mean[1:], posterior.mean, atol=ATOL, rtol=0)
     face.disable_slicing()
-    with pytest.raises(NotImplementedError, match="videovae issue: tiling"):
-        face.enable_tiling()
-    assert TILING_NOT_IMPLEMENTED == "spatial tiling is not implemented yet (videovae issue: tiling)"
+
+    # tiling, with diffusers' argument names: exact, whatever the strides
+    face.enable_tiling(tile_sample_min_height=16, tile_sample_min_width=32, tile_sample_stride_height=12)
+    assert face.use_tiling and face.tile == (16, 32)
+    torch.testing.assert_close(face.decode(two).sample, whole, atol=1e-4, rtol=0)
+    torch.testing.assert_close(face.encode(video).latent_dist.mean, posterior.mean, atol=1e-4, rtol=0)
     face.disable_tiling()
+    assert not face.use_tiling
+    face.enable_tiling()  # diffusers' default tile: 256, more than these frames: one tile
+    assert face.tile == (256, 256)
+    face.disable_tiling()
+    with pytest.raises(OptionError, match="unknown arguments tile_size"):
+        face.enable_tiling(tile_size=16)
+    with pytest.raises(OptionError, match="spatial factor 2"):
+        face.enable_tiling(tile_sample_min_height=15)
     with pytest.raises(VideoLayoutError, match=r"\(B, C, T, H, W\)"):
         face.encode(svd_io["input"])
 
@@ -212,6 +223,14 @@ def test_svd_pipeline_gives_the_same_frames_with_videovae(decode_chunk_size, pip
     assert (ours - theirs).abs().max() < 1e-4  # measured 2.7e-5 (3) and 2.2e-5 (2)
     if decode_chunk_size == 2:  # the chunked decode really differs from the whole-clip one
         assert (theirs - diffusers_frames[3]).abs().max() > 1e-2
+
+
+@needs_pipeline
+def test_svd_pipeline_with_a_tiled_vae_gives_the_untiled_frames(pipeline_runner, diffusers_frames):
+    face = SVDFace(videovae.load(DIFFUSERS_DIR))
+    face.enable_tiling(tile_sample_min_height=32, tile_sample_min_width=16)  # 2 x 4 tiles of the 64x64 frames
+    frames = pipeline_runner(face)
+    assert (frames - diffusers_frames[3]).abs().max() < 1e-4
 
 
 @needs_pipeline

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .errors import OptionError
+from .errors import OptionError, StateError, VideoLayoutError
 from .layers import GroupNorm, pad_time_front
 
 
@@ -107,11 +107,12 @@ class Tiles:
         """[(start, stop)] along `axis` of an activation `length` long."""
         full = self.size[axis]
         factor = Fraction(full, length)
-        if factor.denominator != 1 and factor.numerator != 1:
-            raise ValueError(f"an activation of {length} does not divide the {full}-pixel grid")
         edges = [Fraction(e) / factor for e in range(0, full, self.tile[axis])] + [Fraction(length)]
         if any(e.denominator != 1 for e in edges):
-            raise ValueError(f"tile {self.tile} does not divide an activation of {length}")
+            raise VideoLayoutError(
+                f"an activation {length} pixels long does not divide on tiles of {self.tile} over {self.size}: "
+                "tiled frames must have sides that are multiples of the model's spatial factor (the API pads them)"
+            )
         return [(int(a), int(b)) for a, b in zip(edges, edges[1:])]
 
     def map(self, fn: Callable[..., Tensor], x: Tensor, *others: Tensor, halo: int, scale: Fraction | int = 1,
@@ -128,7 +129,7 @@ class Tiles:
         """
         scale = Fraction(scale)
         if scale < 1 and (halo % scale.denominator):
-            raise ValueError(f"halo {halo} must be a multiple of the stride {scale.denominator}")
+            raise StateError(f"halo {halo} must be a multiple of the stride {scale.denominator}")
         H, W = x.shape[-2:]
         for y0, y1 in self._cuts(0, H):
             for x0, x1 in self._cuts(1, W):

@@ -26,9 +26,17 @@ import torch
 from torch import Tensor, nn
 
 from ..api import VideoVAE
-from ..errors import NotSupportedError, OptionError, UsageError, VideoLayoutError
+from ..errors import OptionError, UsageError, VideoLayoutError
+from ..tiling import check_tile, parse_tile
 
-TILING_NOT_IMPLEMENTED = "spatial tiling is not implemented yet (videovae issue: tiling)"
+# diffusers' tile size when a pipeline calls enable_tiling() with no arguments (Wan, HunyuanVideo)
+DEFAULT_TILE = 256
+# the tiling arguments of diffusers' video VAEs (Wan, HunyuanVideo, CogVideoX, LTX): videovae's
+# tiles are exact, so the strides and overlaps that set their cross-fades change nothing here
+_TILE_OVERLAP_ARGUMENTS = (
+    "tile_sample_stride_height", "tile_sample_stride_width", "tile_sample_stride_num_frames",
+    "tile_sample_min_num_frames", "tile_overlap_factor_height", "tile_overlap_factor_width",
+)
 
 
 class FaceConfig(dict):
@@ -162,6 +170,7 @@ class _Face(nn.Module):
         self.config = _face_config(vae, _class_name=class_name)
         self.use_slicing = False
         self.use_tiling = False
+        self.tile: tuple[int, int] | None = None
 
     @classmethod
     def from_pretrained(
@@ -204,8 +213,22 @@ class _Face(nn.Module):
     def disable_slicing(self) -> None:
         self.use_slicing = False
 
-    def enable_tiling(self, *args: Any, **kwargs: Any) -> None:
-        raise NotSupportedError(TILING_NOT_IMPLEMENTED)
+    def enable_tiling(self, tile_sample_min_height: int | None = None, tile_sample_min_width: int | None = None,
+                      **overlaps: Any) -> None:
+        """Encode and decode tile by tile in space, tiles of tile_sample_min_height x
+        tile_sample_min_width pixels (default 256, diffusers' default; multiples of
+        `spatial_compression_ratio`). Exact: the result equals the untiled one up to float
+        rounding (`videovae.tiling`), so the strides and overlap factors diffusers' VAEs take
+        (tile_sample_stride_height, ...) are accepted and change nothing."""
+        unknown = sorted(set(overlaps) - set(_TILE_OVERLAP_ARGUMENTS))
+        if unknown:
+            raise OptionError(
+                f"enable_tiling got unknown arguments {', '.join(unknown)}; it takes tile_sample_min_height, "
+                f"tile_sample_min_width and diffusers' {', '.join(_TILE_OVERLAP_ARGUMENTS)}"
+            )
+        tile = parse_tile((tile_sample_min_height or DEFAULT_TILE, tile_sample_min_width or DEFAULT_TILE))
+        check_tile(tile, self.vae.spatial_compression)
+        self.tile, self.use_tiling = tile, True
 
     def disable_tiling(self) -> None:
         self.use_tiling = False
@@ -230,12 +253,16 @@ class _Face(nn.Module):
 
     def _encode_video(self, video: Tensor) -> tuple[Tensor, Tensor]:
         """video (B, T, C, H, W) -> mean, logvar (B, T_lat, z, h, w), in the input's dtype."""
-        posteriors = [self.vae.encode(piece) for piece in self._slices(video)]
+        posteriors = [self.vae.encode(piece, tile=self._tile) for piece in self._slices(video)]
         return torch.cat([p.mean for p in posteriors]), torch.cat([p.logvar for p in posteriors])
 
     def _decode_video(self, z: Tensor) -> Tensor:
         """z (B, T_lat, z, h, w) -> video (B, T, C, H, W), in z's dtype."""
-        return torch.cat([self.vae.decode(piece) for piece in self._slices(z)])
+        return torch.cat([self.vae.decode(piece, tile=self._tile) for piece in self._slices(z)])
+
+    @property
+    def _tile(self) -> tuple[int, int] | None:
+        return self.tile if self.use_tiling else None
 
 
 class SVDFace(_Face):
@@ -310,4 +337,4 @@ def _check_5d(x: object, where: str, layout: str) -> None:
         raise VideoLayoutError(f"{where} takes {layout}; got {shape}")
 
 
-__all__ = ["SVDFace", "VideoFace", "FaceConfig", "DiagonalGaussian", "TILING_NOT_IMPLEMENTED"]
+__all__ = ["SVDFace", "VideoFace", "FaceConfig", "DiagonalGaussian"]
