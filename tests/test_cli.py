@@ -150,6 +150,28 @@ def test_streaming_cli_equals_in_memory_reconstruct(clip, vae, reference):
     assert (streamed - expected).abs().max().item() <= 1e-5
 
 
+def test_tiled_reconstruct_equals_untiled_and_counts_tiles(work, clip, lossless, reference):
+    out, metrics = work / "tiled.mkv", work / "tiled.json"
+    code, stdout, stderr = run(["reconstruct", clip, "-o", out, "--lossless", "--tile", "16x24",
+                                "--metrics-json", metrics])
+    assert code == 0, stderr
+    assert "4 tiles per chunk" in stderr.strip().splitlines()[-1]  # 32x40 pads to 32x48: 2 x 2 tiles
+    tiled = json.loads(metrics.read_text())["metrics"]
+    assert abs(tiled["mean_psnr"] - lossless["metrics"]["metrics"]["mean_psnr"]) < 1e-3
+    written, _ = read_video(out)
+    assert (to_uint8(written).int() - to_uint8(reference[1]).int()).abs().max().item() <= 1
+
+
+def test_tiled_encode_and_decode_equal_untiled(work, clip, latents):
+    path, video = work / "tiled.latents.safetensors", work / "tiled_decode.mkv"
+    code, _, stderr = run(["encode", clip, "-o", path, "--tile", "16"])
+    assert code == 0, stderr
+    torch.testing.assert_close(load_latents(path)[0], load_latents(latents)[0], rtol=0, atol=1e-4)
+    code, _, stderr = run(["decode", path, "-o", video, "--tile", "16x48", "--lossless"])
+    assert code == 0, stderr
+    assert "2 tiles per chunk" in stderr
+
+
 def test_lossless_output_holds_the_in_memory_frames(lossless, reference):
     written, _ = read_video(lossless["out"])
     assert written.shape == (1, FRAMES, 3, HEIGHT, WIDTH)
@@ -428,6 +450,11 @@ def test_strict_policy_fails_before_any_work(out_dir, clip):
           "strict policy: 19 frames do not round-trip exactly")
 
 
+def test_a_tile_off_the_grid_fails_before_any_work(out_dir, clip):
+    fails(["reconstruct", clip, "-o", out_dir / "a.mp4", "--tile", "30"], out_dir,
+          "tile 30x30 is not a multiple of this model's spatial factor 4: use a height of 28 or 32")
+
+
 def test_start_frame_past_the_end(out_dir, clip):
     fails(["reconstruct", clip, "-o", out_dir / "a.mp4", "--start-frame", 50], out_dir, "past the end")
 
@@ -452,6 +479,8 @@ def test_failure_in_the_middle_leaves_no_output(out_dir, clip, monkeypatch):
     (["--quality", "60"], "CRF is 0 (best) .. 51 (worst), got 60"),
     (["--quality", "20", "--lossless"], "not allowed with argument"),
     (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+    (["--tile", "0"], "argument --tile: tile sizes must be positive"),
+    (["--tile", "big"], "argument --tile: tile 'big' is not a size"),
 ])
 def test_bad_argument_values_exit_2(out_dir, clip, argv, message):
     fails(["reconstruct", clip, "-o", out_dir / "a.mp4", *argv], out_dir, message, code=2)

@@ -327,6 +327,12 @@ def single_process_run_and_options_change(videos, reference, vae, tmp_path, caps
     assert [line["status"] for line in manifest(out)] == ["encoded", "encoded"]
     assert main([*argv, "--size", "16x24", "--max-frames", "10"]) == 0
     assert [line["status"] for line in manifest(out)] == ["skipped", "skipped"]
+    # Tiles change how, not what: the same latents, so the outputs stand (not re-encoded).
+    assert main([*argv, "--size", "16x24", "--max-frames", "10", "--tile", "16"]) == 0
+    assert [line["status"] for line in manifest(out)] == ["skipped", "skipped"]
+    tiled = tmp_path / "tiled"
+    assert main(["--inputs", str(picked[1]), "--out", str(tiled), "--checkpoint", str(V2_WEIGHTS), "--tile", "16"]) == 0
+    torch.testing.assert_close(load_latents(tiled / output_name(picked[1]))[0], reference["clip3.mp4"][0], rtol=0, atol=1e-4)
 
 
 def test_resize_is_antialiased_bilinear():

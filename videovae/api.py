@@ -19,8 +19,9 @@ from torch import Tensor, nn
 from .chunking import FrameLayout, FramePolicy, apply_policy, undo
 from .distribution import LatentDistribution
 from .compute_dtype import parse_dtype, resolve_compute_dtype, warn_if_slow
-from .engine import ChunkDecoder, ChunkEncoder, ChunkReconstructor, resolve_window
+from .engine import ChunkDecoder, ChunkEncoder, ChunkReconstructor, resolve_tile, resolve_window
 from .errors import VideoLayoutError
+from .tiling import Tiles
 from .validation import check_device, check_latents, check_num_frames, check_video_shape
 
 
@@ -122,6 +123,15 @@ class VideoVAE(nn.Module):
         return f"family={self.family}, version={self.version}, z={self.latent_channels}, dtype={self.dtype}{stored}"
 
     # -- encode / decode -------------------------------------------------------------------------
+
+    def tile_count(self, tile, height: int, width: int) -> int:
+        """Tiles per chunk that `tile` (as in `encode`) cuts frames of height x width pixels into,
+        after the frame policy pads them to the spatial factor: 1 for tile=None."""
+        tile = resolve_tile(self.model, tile)
+        if tile is None:
+            return 1
+        s = self.spatial_compression
+        return Tiles((-(-height // s) * s, -(-width // s) * s), tile, s).count
 
     def _to_model(self, x: Tensor) -> Tensor:
         dtype, device = self.dtype, self.device

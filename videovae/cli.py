@@ -30,6 +30,7 @@ from .compute_dtype import CLI_CHOICES, CLI_HELP, STRICT_HELP
 from .errors import OptionError
 from .registry import shipped_checkpoint
 from .terminal import EscapingStream
+from .tiling import tile_arg
 
 
 
@@ -78,21 +79,26 @@ def build_parser() -> argparse.ArgumentParser:
     windows.add_argument("--overlap", type=int_at_least(0), default=None, metavar="K",
                          help="latent frames shared by neighbouring windows, cross-faded (default: the family's, 4 for svd)")
 
+    tiling = argparse.ArgumentParser(add_help=False)
+    tiling.add_argument("--tile", type=tile_arg, default=None, metavar="HxW",
+                        help="run each chunk tile by tile in space, tiles of HxW pixels (multiples of the model's "
+                             "spatial factor): the same result as untiled, in less memory (default: untiled)")
+
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("reconstruct", parents=[common, model, reading, writing, windows], help="encode and decode a video file; PSNR/SSIM, comparison")
+    p = sub.add_parser("reconstruct", parents=[common, model, reading, writing, windows, tiling], help="encode and decode a video file; PSNR/SSIM, comparison")
     p.add_argument("input", type=Path, help="video file")
     p.add_argument("-o", "--output", type=Path, required=True, help="reconstructed video (.mp4, .mkv, .webm, ...)")
     p.add_argument("--compare", type=Path, default=None, help="also write original | reconstruction | |error| x4, side by side")
     p.add_argument("--metrics-json", type=Path, default=None, help="write per-video and per-frame PSNR/SSIM, facts and timings")
     p.set_defaults(func=cmd_reconstruct)
 
-    p = sub.add_parser("encode", parents=[common, model, reading], help="encode a video file to a latent file (mean, logvar, metadata)")
+    p = sub.add_parser("encode", parents=[common, model, reading, tiling], help="encode a video file to a latent file (mean, logvar, metadata)")
     p.add_argument("input", type=Path, help="video file")
     p.add_argument("-o", "--output", type=Path, required=True, help="latent file (.safetensors)")
     p.set_defaults(func=cmd_encode)
 
-    p = sub.add_parser("decode", parents=[common, model, writing, windows], help="decode a latent file to a video at its stored fps")
+    p = sub.add_parser("decode", parents=[common, model, writing, windows, tiling], help="decode a latent file to a video at its stored fps")
     p.add_argument("latents", type=Path, help="latent file written by `videovae encode`")
     p.add_argument("-o", "--output", type=Path, required=True, help="video file")
     p.set_defaults(func=cmd_decode)

@@ -21,6 +21,7 @@ from .files import (
     decode_pieces,
     encode_file,
     run_reconstruct,
+    tiles_text,
     write_sample_video,
 )
 
@@ -124,13 +125,14 @@ def _check_video_outputs(*paths: Path | None) -> None:
             check_video_extension(path)
 
 
-def _window(args: argparse.Namespace) -> dict:
-    """--chunk-frames/--overlap as keyword arguments of the streams (absent: the family's default)."""
+def _stream_options(args: argparse.Namespace) -> dict:
+    """--chunk-frames/--overlap/--tile as keyword arguments of the streams (absent: the default)."""
+    options = {"tile": args.tile} if args.tile is not None else {}
     if args.chunk_frames is None:
         if args.overlap:
             raise OptionError("--overlap needs --chunk-frames (the latent frames of each window)")
-        return {}
-    return {"chunk_frames": args.chunk_frames, "overlap": args.overlap or 0}
+        return options
+    return {**options, "chunk_frames": args.chunk_frames, "overlap": args.overlap or 0}
 
 
 def _load(args: argparse.Namespace):
@@ -185,7 +187,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             vae, args.input, args.output, checkpoint=args.checkpoint, checkpoint_sha256=sha, load_seconds=load_s,
             compare=args.compare, metrics_json=args.metrics_json, policy=args.policy,
             start_frame=args.start_frame, max_frames=args.max_frames, quality=args.quality,
-            lossless=args.lossless, progress=not args.quiet, window=_window(args),
+            lossless=args.lossless, progress=not args.quiet, stream_options=_stream_options(args),
         )
     _print_reconstruct_report(report)
     if args.metrics_json is not None:
@@ -209,7 +211,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     with torch.inference_mode():
         encoded = encode_file(
             vae, args.input, policy=policy, start_frame=args.start_frame, max_frames=args.max_frames,
-            progress=not args.quiet,
+            progress=not args.quiet, tile=args.tile,
         )
     seconds = time.perf_counter() - start
     meta = LatentFileMeta.of(
@@ -241,11 +243,13 @@ def cmd_decode(args: argparse.Namespace) -> int:
     vae, sha, load_s = _load(args)
     start = time.perf_counter()
     with torch.inference_mode():
-        pieces = decode_pieces(vae, mean, meta, checkpoint_sha256=sha, window=_window(args))  # checks the fit first
+        options = _stream_options(args)
+        pieces = decode_pieces(vae, mean, meta, checkpoint_sha256=sha, stream_options=options)  # checks the fit first
         with (
             VideoWriter(args.output, meta.fps, meta.width, meta.height, quality=args.quality, lossless=args.lossless) as writer,
             Progress(meta.frames, label="decode", enabled=not args.quiet) as bar,
         ):
+            bar.postfix = tiles_text(vae, options.get("tile"), meta.height, meta.width)
             for piece in pieces:
                 writer.write(piece.clamp(-1.0, 1.0))
                 bar.update(piece.shape[1])

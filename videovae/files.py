@@ -77,12 +77,13 @@ def _take(fifo: deque, frames: int):
 
 
 def reconstruct_pairs(
-    vae, path: str | Path, *, policy=None, start_frame: int = 0, max_frames: int | None = None, window: dict | None = None
+    vae, path: str | Path, *, policy=None, start_frame: int = 0, max_frames: int | None = None, stream_options: dict | None = None
 ) -> Iterator[tuple]:
     """Stream the video file at `path` through `vae.reconstruct_stream`; yield (original,
     reconstruction) pairs of pieces (1, t, 3, H, W) in [-1, 1] (the reconstruction unclamped), in
-    order. Holds one chunk (plus the pieces read but not yet reconstructed) in memory. window:
-    chunk_frames/overlap for a family that decodes whole clips (default: its declared window).
+    order. Holds one chunk (plus the pieces read but not yet reconstructed) in memory.
+    stream_options: chunk_frames/overlap for a family that decodes whole clips (default: its
+    declared window), tile (exact spatial tiles; default untiled).
 
     The reconstruction's pieces are not aligned with the pieces read, so the originals wait in a
     FIFO until their reconstruction arrives. A `trim` policy drops trailing frames and crops rows
@@ -98,7 +99,7 @@ def reconstruct_pairs(
             originals.append(piece)
             yield piece
 
-    for reconstruction in vae.reconstruct_stream(tap(), policy, **(window or {})):
+    for reconstruction in vae.reconstruct_stream(tap(), policy, **(stream_options or {})):
         _, t, _, H, W = reconstruction.shape
         yield _take(originals, t)[..., :H, :W], reconstruction
 
@@ -128,15 +129,16 @@ def run_reconstruct(
     quality: int | None = None,
     lossless: bool = False,
     progress: bool = True,
-    window: dict | None = None,
+    stream_options: dict | None = None,
 ) -> dict:
     """Reconstruct the video file `src` into `out` (and the comparison `compare`), streaming; score
     every frame; write `metrics_json`. Returns the report that the JSON holds.
 
     Output fps, size and rotation are the input's (after a `trim` policy, the trimmed size).
     PSNR/SSIM compare the input frames with the reconstruction clamped to [-1, 1], before video
-    encoding. window: chunk_frames/overlap for a family that decodes whole clips (default: the
-    family's declared window, so memory stays flat in the length). Outputs appear only when the whole stream succeeded: the videos are published when
+    encoding. stream_options: chunk_frames/overlap for a family that decodes whole clips (default:
+    the family's declared window, so memory stays flat in the length), tile (exact spatial tiles,
+    counted on the progress line). Outputs appear only when the whole stream succeeded: the videos are published when
     it ends, the JSON after them; an exception before then deletes every unfinished output.
     """
     from .chunking import FramePolicy
@@ -152,6 +154,7 @@ def run_reconstruct(
     info = probe(src)
     total = _frames_to_read(info, start_frame, max_frames)
     frames_out, height, width = _plan(vae, total, info.height, info.width, policy)
+    tile_note = tiles_text(vae, (stream_options or {}).get("tile"), height, width)  # a bad tile fails here
     metrics = RunningMetrics(compute_ssim=min(height, width) >= SSIM_WINDOW)
     writer_options = dict(quality=quality, lossless=lossless, rotation=info.rotation)
     with contextlib.ExitStack() as stack:
@@ -160,8 +163,9 @@ def run_reconstruct(
         if compare is not None:
             side = stack.enter_context(VideoWriter(compare, info.fps, 3 * width, height, **writer_options))
         bar = stack.enter_context(Progress(total, label="reconstruct", enabled=progress))
+        bar.postfix = tile_note
         for original, reconstruction in reconstruct_pairs(
-            vae, src, policy=policy, start_frame=start_frame, max_frames=max_frames, window=window
+            vae, src, policy=policy, start_frame=start_frame, max_frames=max_frames, stream_options=stream_options
         ):
             reconstruction = reconstruction.clamp(-1.0, 1.0)
             metrics.update(original, reconstruction)
@@ -217,10 +221,12 @@ def run_reconstruct(
 
 
 def encode_file(
-    vae, src: Path, *, policy=None, start_frame: int = 0, max_frames: int | None = None, progress: bool = True
+    vae, src: Path, *, policy=None, start_frame: int = 0, max_frames: int | None = None, progress: bool = True,
+    tile=None,
 ):
     """Encode the video file `src`, streaming, one chunk in memory at a time: an EncodedVideo with
-    mean and logvar (T_lat, z, h, w), and the frames and size those latents decode back to."""
+    mean and logvar (T_lat, z, h, w), and the frames and size those latents decode back to.
+    tile: exact spatial tiles (`VideoVAE.encode`), counted on the progress line."""
     from .chunking import FramePolicy
     from .engine import encode_video, read_frames
     from .progress import Progress
@@ -229,13 +235,21 @@ def encode_file(
     policy = FramePolicy.coerce(policy)
     info = probe(src)
     total = _frames_to_read(info, start_frame, max_frames)
-    _plan(vae, total, info.height, info.width, policy)  # a strict policy fails here, before any work
+    _, height, width = _plan(vae, total, info.height, info.width, policy)  # a strict policy fails here, before any work
+    encoder = vae.chunk_encoder(policy, tile=tile)  # a bad tile too
     pieces = read_chunks(src, read_frames(vae.model), start_frame=start_frame, max_frames=max_frames)
     with Progress(total, label="encode", enabled=progress) as bar:
-        return encode_video(vae.chunk_encoder(policy), pieces, on_chunk=bar.update)
+        bar.postfix = tiles_text(vae, tile, height, width)
+        return encode_video(encoder, pieces, on_chunk=bar.update)
 
 
-def decode_pieces(vae, mean, meta, *, checkpoint_sha256: str | None = None, window: dict | None = None) -> Iterator:
+def tiles_text(vae, tile, height: int, width: int) -> str:
+    """'16 tiles per chunk' for the progress line, or '' for one tile (untiled)."""
+    count = vae.tile_count(tile, height, width)
+    return f"{count} tiles per chunk" if count > 1 else ""
+
+
+def decode_pieces(vae, mean, meta, *, checkpoint_sha256: str | None = None, stream_options: dict | None = None) -> Iterator:
     """Decode latents `mean` (T_lat, z, h, w) described by `meta` (LatentFileMeta), streaming:
     returns an iterator of frame pieces (1, t, 3, H, W), cut to meta.frames and cropped to
     meta.height x meta.width. Raises LatentMismatchError at the call, before any decoding, when
@@ -257,7 +271,7 @@ def decode_pieces(vae, mean, meta, *, checkpoint_sha256: str | None = None, wind
         )
     z = mean.unsqueeze(0)  # (1, T_lat, z, h, w)
     step = vae.latent_frames_per_chunk or read_frames(vae.model)
-    pieces = vae.decode_stream(iter(z.split(step, dim=1)), num_frames=meta.frames, **(window or {}))
+    pieces = vae.decode_stream(iter(z.split(step, dim=1)), num_frames=meta.frames, **(stream_options or {}))
     return (piece[..., : meta.height, : meta.width] for piece in pieces)
 
 

@@ -63,6 +63,16 @@ def parse_tile(tile) -> tuple[int, int] | None:
     return height, width
 
 
+def tile_arg(text: str) -> tuple[int, int]:
+    """The argparse type of --tile HxW (or one number for a square): (height, width)."""
+    import argparse
+
+    try:
+        return parse_tile(text)
+    except OptionError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def check_tile(tile: tuple[int, int], align: int) -> None:
     """A tile's sides must be multiples of the model's spatial factor, so that every level's
     activation divides on the same grid (a halo has no minimum: it is read from the neighbours)."""
