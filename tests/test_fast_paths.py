@@ -99,8 +99,9 @@ def test_compiled_chunks_have_no_graph_breaks_and_match_eager(version):
     io = stepvideo_io(version)
     eager_mean, eager_frames = vae.encode(io["x_17f"]).mean, vae.decode(io["mean_17f"])
     vae.fast_paths(compile={"backend": "aot_eager"})
-    assert (vae.encode(io["x_17f"]).mean - eager_mean).abs().max() < 1e-5
-    assert (vae.decode(io["mean_17f"]) - eager_frames).abs().max() < 1e-5
+    # eager calls oneDNN directly (videovae.conv3d), compiled code F.conv3d: float rounding apart
+    assert (vae.encode(io["x_17f"]).mean - eager_mean).abs().max() < 5e-5
+    assert (vae.decode(io["mean_17f"]) - eager_frames).abs().max() < 5e-5
 
 
 def test_inductor_compiled_decode_matches_eager():

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from videovae import winograd
+from videovae.conv3d import Conv3d, conv3d
 from videovae_kernels import group_norm
 
 
@@ -68,7 +69,7 @@ class CausalConv3d(nn.Module):
         super().__init__()
         self.time_pad = kernel_size - 1
         self.winograd = True
-        self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride, padding=(0, kernel_size // 2, kernel_size // 2))
+        self.conv = Conv3d(in_channels, out_channels, kernel_size, stride=stride, padding=(0, kernel_size // 2, kernel_size // 2))
 
     def forward(self, x: Tensor, *, padded: bool = False, residual: Tensor | None = None) -> Tensor:
         """x: (B, C_in, T, H, W), or (B, C_in, time_pad + T, H, W) when padded -> (B, C_out, T', H', W')."""
@@ -128,7 +129,7 @@ def conv_per_frame(x: Tensor, conv: nn.Conv2d, padding: tuple[int, int] = (0, 0)
     if x.shape[2] == 1:
         return F.conv2d(x[:, :, 0], conv.weight, conv.bias, stride=conv.stride, padding=padding).unsqueeze(2)
     weight = conv.weight.unsqueeze(2)  # (C_out, C_in, 1, kh, kw)
-    return F.conv3d(x, weight, conv.bias, stride=(1, *conv.stride), padding=(0, *padding))
+    return conv3d(x, weight, conv.bias, stride=(1, *conv.stride), padding=(0, *padding))
 
 
 def pixel_unshuffle_3d(x: Tensor, factor: int) -> Tensor:
@@ -159,7 +160,10 @@ def self_attention(x: Tensor, normed: Tensor, projections, *, causal: bool) -> T
     tokens = normed.flatten(2).transpose(1, 2)  # (N, L, C)
     (wq, bq), (wk, bk), (wv, bv), (wo, bo) = projections
     q, k, v = F.linear(tokens, wq, bq), F.linear(tokens, wk, bk), F.linear(tokens, wv, bv)
-    attended = F.linear(F.scaled_dot_product_attention(q, k, v, is_causal=causal), wo, bo)  # (N, L, C)
+    # (N, 1, L, C): with a head dim, PyTorch's CPU SDPA takes its flash kernel (memory O(L));
+    # without one, the math path materialises the (L, L) scores (5 GB at 20k tokens, 7x slower)
+    attended = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), is_causal=causal)
+    attended = F.linear(attended.squeeze(1), wo, bo)  # (N, L, C)
     return attended.transpose(1, 2).view(x.shape).add_(x)
 
 
@@ -309,7 +313,7 @@ def upsample2x_conv(x: Tensor, weight: Tensor, bias: Tensor | None, *, time: boo
         if image:  # conv2d: a one-frame conv3d runs PyTorch's slow reference kernel on CPU
             out[:, :, 0, pt, :, ph, :, pw] = F.conv2d(window[:, :, 0], kernel[:, :, 0], bias)
         else:
-            out[:, :, :, pt, :, ph, :, pw] = F.conv3d(window, kernel, bias)
+            out[:, :, :, pt, :, ph, :, pw] = conv3d(window, kernel, bias)
     out = out.view(B, C_out, T * pt_count, 2 * H, 2 * W)
     return out[:, :, 0] if image else out
 

@@ -156,18 +156,29 @@ class Tiles:
 
     def stats(self, norm: GroupNorm, x: Tensor) -> NormStats:
         """The statistics `norm` takes of the whole of x: a clip (B, C, T, H, W) (per clip or per
-        frame, as the norm says) or images (N, C, H, W), in float32, in two passes over the tiles:
-        the sums give the global mean, then the squared deviations about it the variance (divided
-        by the count, as nn.GroupNorm does)."""
+        frame, as the norm says) or images (N, C, H, W), in float32, in one pass over the tiles:
+        each tile's count, mean and sum of squared deviations, combined about the global mean with
+        Chan's formula (stable where a sum of squares is not: a mean of 1000 with a std of 1 loses
+        half its digits in E[x^2] - E[x]^2). The variance is divided by the count, as nn.GroupNorm
+        does."""
         per_frame = norm.per_frame and x.ndim == 5
         dims = tuple(d for d in range(2, x.ndim + 1) if not (per_frame and d == 3))  # of (B, G, C/G, ...)
         H, W = x.shape[-2:]
-        parts = [(slice(y0, y1), slice(x0, x1)) for y0, y1 in self._cuts(0, H) for x0, x1 in self._cuts(1, W)]
-        total = sum(_grouped(x[..., ys, xs], norm.num_groups).sum(dims, keepdim=True) for ys, xs in parts)
-        count = x[0, 0].numel() // (x.shape[2] if per_frame else 1) * (x.shape[1] // norm.num_groups)
-        mean = total / count
-        squares = sum((_grouped(x[..., ys, xs], norm.num_groups) - mean).square().sum(dims, keepdim=True) for ys, xs in parts)
-        return NormStats(mean, torch.rsqrt(squares / count + norm.eps))
+        count = mean = m2 = None
+        for y0, y1 in self._cuts(0, H):
+            for x0, x1 in self._cuts(1, W):
+                tile = _grouped(x[..., y0:y1, x0:x1], norm.num_groups)
+                n = tile[0, 0].numel() // (tile.shape[3] if per_frame else 1)
+                var_t, mean_t = torch.var_mean(tile, dim=dims, correction=0, keepdim=True)
+                if count is None:
+                    count, mean, m2 = n, mean_t, var_t * n
+                    continue
+                delta = mean_t - mean
+                total = count + n
+                mean = mean + delta * (n / total)
+                m2 = m2 + var_t * n + delta.square() * (count * n / total)
+                count = total
+        return NormStats(mean, torch.rsqrt(m2 / count + norm.eps))
 
     def norm_map(self, norm: GroupNorm, fn: Callable[[Tensor], Tensor], x: Tensor, *, halo: int = 1,
                  silu: bool = True, front_pad: int = 0) -> Tensor:
@@ -179,14 +190,28 @@ class Tiles:
     @staticmethod
     def normalize(norm: GroupNorm, stats: NormStats, x: Tensor, *, silu: bool = False, front_pad: int = 0) -> Tensor:
         """norm(x, silu=..., front_pad=...) of a window x: (B, C, T, h, w) or (N, C, h, w) of the
-        activation that `stats` describe: the arithmetic in float32, rounded once to x's dtype."""
-        C = x.shape[1]
-        y = ((_grouped(x, norm.num_groups) - stats.mean) * stats.rstd).view(x.shape)
-        shape = (1, C) + (1,) * (x.ndim - 2)
-        y = y * norm.weight.float().view(shape) + norm.bias.float().view(shape)
+        activation that `stats` describe: the arithmetic in float32, rounded once to x's dtype.
+
+        One affine per channel (and frame), y = x * scale + shift, written into the padded output
+        in one pass, then SiLU in place."""
+        C, G = x.shape[1], norm.num_groups
+        lead = (1,) * (x.ndim - 2)
+        scale = stats.rstd * norm.weight.float().view(1, G, C // G, *lead)  # (B, G, C/G, F, 1, 1)
+        shift = norm.bias.float().view(1, G, C // G, *lead) - stats.mean * scale
+        scale, shift = scale.flatten(1, 2), shift.flatten(1, 2)  # per channel: (B, C, F, 1, 1)
+        if x.dtype != torch.float32 or (torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad)):
+            # 16-bit (the float32 arithmetic, then one rounding) or under autograd: out-of-place
+            y = torch.addcmul(shift, x.float(), scale)
+            y = F.silu(y, inplace=True) if silu else y
+            return pad_time_front(y.to(x.dtype), front_pad)
+        out = x.new_empty((*x.shape[:2], front_pad + x.shape[2], *x.shape[3:])) if front_pad else torch.empty_like(x)
+        if front_pad:
+            out[:, :, :front_pad].zero_()
+        body = out[:, :, front_pad:]
+        torch.addcmul(shift, x, scale, out=body)
         if silu:
-            y = F.silu(y, inplace=True)
-        return pad_time_front(y.to(x.dtype), front_pad)
+            F.silu(body, inplace=True)
+        return out
 
 
 def _grouped(x: Tensor, groups: int) -> Tensor:

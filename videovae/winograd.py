@@ -32,6 +32,7 @@ from einops import rearrange
 from torch import Tensor
 from torch.nn import functional as F
 
+from .conv3d import conv3d
 from .errors import OptionError
 
 Matrix = tuple[tuple[Fraction, ...], ...]
@@ -176,7 +177,7 @@ def _tiles(xp: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | N
     start + m * j ... start + m * j + m + 1 (output t reads padded frames t, t + 1, t + 2)."""
     B, C_in, _, H, W = xp.shape
     if m == 1:  # one leftover frame: the plain 3-tap conv
-        y = F.conv3d(xp[:, :, start : start + 3], weight, bias, padding=(0, 1, 1))
+        y = conv3d(xp[:, :, start : start + 3], weight, bias, padding=(0, 1, 1))
         if residual is not None:
             y.add_(residual[:, :, start : start + 1])
         out[:, :, start : start + 1] = y
@@ -217,7 +218,7 @@ def _pieces_functional(xp: Tensor, weight: Tensor, bias: Tensor | None, tiling: 
     pieces = [frame_conv(xp[:, :, 2:3], weight[:, :, 2:3], bias)] if tiling.head else []
     for start, m, n in tiling.segments:
         if m == 1:
-            pieces.append(F.conv3d(xp[:, :, start : start + 3], weight, bias, padding=(0, 1, 1)))
+            pieces.append(conv3d(xp[:, :, start : start + 3], weight, bias, padding=(0, 1, 1)))
             continue
         AT, G, BT = TRANSFORMS[m]
         d, taps, bias_at = _tile_operands(xp, weight, start, m, n)
@@ -240,7 +241,7 @@ def frame_conv(x: Tensor, kernel: Tensor, bias: Tensor | None) -> Tensor:
     one-frame conv3d to its slow reference kernel on CPU (10x slower than oneDNN)."""
     if x.shape[2] == 1:
         return F.conv2d(x[:, :, 0], kernel[:, :, 0], bias, padding=1).unsqueeze(2)
-    return F.conv3d(x, kernel, bias, padding=(0, 1, 1))
+    return conv3d(x, kernel, bias, padding=(0, 1, 1))
 
 
 def _combine(coefficients, terms: list[Tensor], out: Tensor) -> Tensor:

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from ..chunking import FrameLayout
 from ..errors import CheckpointMismatchError, OptionError
+from ..conv3d import Conv3d
 from ..layers import Downsample2d, GroupNorm, Upsample2d, clip_to_folded, folded_to_clip, self_attention
 from ..tiling import Tiles
 from .spec import Capabilities, FamilyModel, block_indices
@@ -161,9 +162,9 @@ class TemporalResBlock(nn.Module):
     def __init__(self, channels: int, groups: int, eps: float = TEMPORAL_EPS):
         super().__init__()
         self.norm1 = GroupNorm(channels, groups, eps)
-        self.conv1 = nn.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0))
+        self.conv1 = Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0))
         self.norm2 = GroupNorm(channels, groups, eps)
-        self.conv2 = nn.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0))
+        self.conv2 = Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0))
 
     def forward(self, clip: Tensor) -> Tensor:
         h = self.conv1(self.norm1(clip, silu=True))
@@ -364,7 +365,7 @@ class TemporalDecoder(nn.Module):
         )
         self.conv_norm_out = GroupNorm(widths[-1], groups, SPATIAL_EPS)
         self.conv_out = nn.Conv2d(widths[-1], cfg.out_channels, 3, padding=1)
-        self.time_conv_out = nn.Conv3d(cfg.out_channels, cfg.out_channels, (3, 1, 1), padding=(1, 0, 0))
+        self.time_conv_out = Conv3d(cfg.out_channels, cfg.out_channels, (3, 1, 1), padding=(1, 0, 0))
 
     def forward(self, z: Tensor, num_frames: int, tiles: Tiles | None = None) -> Tensor:
         if tiles is not None:
