@@ -29,8 +29,8 @@ RESULTS = Path(__file__).parent / "results"
 REDUCED = {
     "v1": dict(version=1, z_channels=16, encoder_in_width=32, encoder_widths=(32, 64, 128, 128),
                decoder_widths=(32, 64, 128, 128)),
-    "v2": dict(version=2, z_channels=64, encoder_in_width=32, encoder_widths=(32, 64, 128, 128),
-               decoder_widths=(32, 64, 128, 128), patch_channels=4 * 64 * 8),
+    "v2": dict(version=2, z_channels=16, encoder_in_width=32, encoder_widths=(32, 64, 128, 128),
+               decoder_widths=(32, 64, 128, 128), patch_channels=4 * 16 * 8),  # the release's P = 32 z, 8 C / P = 2
 }
 BARS = {"v1": 0.6, "v2": 0.3, "svd": 0.6}  # peak - weights, exact tiled / untiled (issue 15)
 

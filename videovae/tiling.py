@@ -137,47 +137,58 @@ class Tiles:
             x only at the positions it writes (a residual added in place): windows then read
             already written neighbours, but only in the halo whose outputs are cut away.
         """
-        scale = Fraction(scale)
+        for place, core in self._cores(fn, x, others, halo, Fraction(scale)):
+            if out is None:
+                H, W = x.shape[-2:]
+                out = core.new_empty((*core.shape[:-2], int(H * scale), int(W * scale)))
+            out[place] = core
+            del core
+        return out
+
+    def _cores(self, fn, x: Tensor, others, halo: int, scale: Fraction):
+        """(where in the output, fn's result there) for each tile, computed on its window."""
         if scale < 1 and (halo % scale.denominator):
             raise StateError(f"halo {halo} must be a multiple of the stride {scale.denominator}")
         H, W = x.shape[-2:]
         for y0, y1 in self._cuts(0, H):
             for x0, x1 in self._cuts(1, W):
                 wy0, wy1, wx0, wx1 = max(0, y0 - halo), min(H, y1 + halo), max(0, x0 - halo), min(W, x1 + halo)
-                windows = [_window(t, H, (wy0, wy1, wx0, wx1)) for t in (x, *others)]
-                y = fn(*windows)
+                y = fn(*[_window(t, H, (wy0, wy1, wx0, wx1)) for t in (x, *others)])
                 oy, ox = int((y0 - wy0) * scale), int((x0 - wx0) * scale)
                 core = y[..., oy : oy + int((y1 - y0) * scale), ox : ox + int((x1 - x0) * scale)]
-                if out is None:
-                    out = y.new_empty((*y.shape[:-2], int(H * scale), int(W * scale)))
-                out[..., int(y0 * scale) : int(y1 * scale), int(x0 * scale) : int(x1 * scale)] = core
-                del y, core, windows
-        return out
+                place = (Ellipsis, slice(int(y0 * scale), int(y1 * scale)), slice(int(x0 * scale), int(x1 * scale)))
+                del y
+                yield place, core
 
-    def stats(self, norm: GroupNorm, x: Tensor) -> NormStats:
+    def stats(self, norm: GroupNorm, x: Tensor, fn: Callable[..., Tensor] | None = None, *others: Tensor,
+              halo: int = 0) -> NormStats:
         """The statistics `norm` takes of the whole of x: a clip (B, C, T, H, W) (per clip or per
         frame, as the norm says) or images (N, C, H, W), in float32, in one pass over the tiles:
         each tile's count, mean and sum of squared deviations, combined about the global mean with
         Chan's formula (stable where a sum of squares is not: a mean of 1000 with a std of 1 loses
         half its digits in E[x^2] - E[x]^2). The variance is divided by the count, as nn.GroupNorm
-        does."""
-        per_frame = norm.per_frame and x.ndim == 5
-        dims = tuple(d for d in range(2, x.ndim + 1) if not (per_frame and d == 3))  # of (B, G, C/G, ...)
-        H, W = x.shape[-2:]
+        does.
+
+        With fn: the statistics of fn(x, *others) (as `map` would compute it, never stored whole):
+        for an activation that is cheaper to compute twice than to keep."""
+        tiles = (core for _, core in self._cores(fn, x, others, halo, Fraction(1))) if fn is not None else (
+            x[..., y0:y1, x0:x1] for y0, y1 in self._cuts(0, x.shape[-2]) for x0, x1 in self._cuts(1, x.shape[-1])
+        )
         count = mean = m2 = None
-        for y0, y1 in self._cuts(0, H):
-            for x0, x1 in self._cuts(1, W):
-                tile = _grouped(x[..., y0:y1, x0:x1], norm.num_groups)
-                n = tile[0, 0].numel() // (tile.shape[3] if per_frame else 1)
-                var_t, mean_t = torch.var_mean(tile, dim=dims, correction=0, keepdim=True)
-                if count is None:
-                    count, mean, m2 = n, mean_t, var_t * n
-                    continue
-                delta = mean_t - mean
-                total = count + n
-                mean = mean + delta * (n / total)
-                m2 = m2 + var_t * n + delta.square() * (count * n / total)
-                count = total
+        for tile in tiles:
+            per_frame = norm.per_frame and tile.ndim == 5
+            dims = tuple(d for d in range(2, tile.ndim + 1) if not (per_frame and d == 3))  # of (B, G, C/G, ...)
+            grouped = _grouped(tile, norm.num_groups)
+            n = grouped[0, 0].numel() // (grouped.shape[3] if per_frame else 1)
+            var_t, mean_t = torch.var_mean(grouped, dim=dims, correction=0, keepdim=True)
+            if count is None:
+                count, mean, m2 = n, mean_t, var_t * n
+                continue
+            delta = mean_t - mean
+            total = count + n
+            mean = mean + delta * (n / total)
+            m2 = m2 + var_t * n + delta.square() * (count * n / total)
+            count = total
         return NormStats(mean, torch.rsqrt(m2 / count + norm.eps))
 
     def norm_map(self, norm: GroupNorm, fn: Callable[[Tensor], Tensor], x: Tensor, *, halo: int = 1,
