@@ -32,6 +32,7 @@ REDUCED = {
     "v2": dict(version=2, z_channels=16, encoder_in_width=32, encoder_widths=(32, 64, 128, 128),
                decoder_widths=(32, 64, 128, 128), patch_channels=4 * 16 * 8),  # the release's P = 32 z, 8 C / P = 2
 }
+REDUCED["svd"] = dict(block_out_channels=(32, 64, 128, 128), layers_per_block=2, norm_num_groups=32)
 BARS = {"v1": 0.6, "v2": 0.3, "svd": 0.6}  # peak - weights, exact tiled / untiled (issue 15)
 
 CHILD = r"""
@@ -40,20 +41,25 @@ import torch
 spec = json.loads(sys.argv[1])
 torch.set_num_threads(spec["threads"])
 torch.manual_seed(0)
-from videovae.families import stepvideo as sv
+from videovae.families import stepvideo as sv, svd
 from videovae.tiling import Tiles
-released = {1: sv.stepvideo_v1_config, 2: sv.stepvideo_v2_config}[spec["version"]]
-cfg = sv.StepVideoConfig(**spec["config"]) if spec["config"] else released()
-model = sv.StepVideoVAE(cfg).eval()
-S = cfg.frame_layout.spatial_factor
+if spec["model"] == "svd":
+    cfg = svd.SVDConfig(**spec["config"]) if spec["config"] else svd.SVDConfig()
+    model = svd.SVDVAE(cfg).eval()
+    z_channels, latents = cfg.latent_channels, 17
+else:
+    released = {"v1": sv.stepvideo_v1_config, "v2": sv.stepvideo_v2_config}[spec["model"]]
+    cfg = sv.StepVideoConfig(**spec["config"]) if spec["config"] else released()
+    model = sv.StepVideoVAE(cfg).eval()
+    z_channels, latents = cfg.z_channels, cfg.frame_layout.latents_per_chunk
+S = model.frame_layout.spatial_factor
 H = W = spec["size"]
 with torch.no_grad():
     if spec["op"] == "encode":
         x = torch.randn(1, cfg.in_channels, 17, H, W)
         run = lambda tiles: model.encode_chunk(x, tiles)
     else:
-        T = cfg.frame_layout.latents_per_chunk
-        x = torch.randn(1, cfg.z_channels, T, H // S, W // S)
+        x = torch.randn(1, z_channels, latents, H // S, W // S)
         run = lambda tiles: model.decode_chunk(x, tiles)
     tiles = Tiles((H, W), (spec["tile"],) * 2, S) if spec["mode"] == "exact" else None
     base = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() / 2**20
@@ -75,7 +81,7 @@ def run_case(spec: dict) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["v1", "v2"], choices=["v1", "v2"])
+    p.add_argument("--models", nargs="+", default=["v1", "v2", "svd"], choices=["v1", "v2", "svd"])
     p.add_argument("--sizes", nargs="+", type=int, default=[256, 512, 1024])
     p.add_argument("--tile", type=int, default=256, help="tile side in pixels (default 256)")
     p.add_argument("--op", nargs="+", default=["decode", "encode"], choices=["decode", "encode"])
@@ -95,7 +101,7 @@ def main() -> int:
         config = REDUCED[name] if args.widths == "reduced" else None
         for op in args.op:
             for size in args.sizes:
-                base = dict(config=config, version=int(name[1]), op=op, size=size, tile=args.tile, threads=args.threads)
+                base = dict(config=config, model=name, op=op, size=size, tile=args.tile, threads=args.threads)
                 plain, exact = run_case({**base, "mode": "untiled"}), run_case({**base, "mode": "exact"})
                 row = {"model": name, "widths": args.widths, "op": op, "size": size, "tile": args.tile,
                        "untiled": plain, "exact": exact}

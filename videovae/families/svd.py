@@ -144,15 +144,23 @@ class ResnetBlock2D(nn.Module):
 
     def tiled(self, x: Tensor, tiles: Tiles) -> Tensor:
         """forward tile by tile (`videovae.tiling`); x is consumed (the sum is written over it when
-        the shortcut is the identity)."""
-        h = tiles.norm_map(self.norm1, self.conv1, x)
-        stats = tiles.stats(self.norm2, h)
+        the shortcut is the identity). With a 1x1 shortcut, conv1's output is computed twice
+        rather than stored (as `stepvideo.ResBlock3d.tiled` does, for the same reason)."""
+        stats1 = tiles.stats(self.norm1, x)
 
-        def second(h_w: Tensor, x_w: Tensor) -> Tensor:
+        def first(x_w: Tensor) -> Tensor:
+            return self.conv1(tiles.normalize(self.norm1, stats1, x_w, silu=True))
+
+        def second(h_w: Tensor, x_w: Tensor, stats) -> Tensor:
             skip = x_w if self.conv_shortcut is None else self.conv_shortcut(x_w)
             return self.conv2(tiles.normalize(self.norm2, stats, h_w, silu=True)).add_(skip)
 
-        return tiles.map(second, h, x, halo=1, out=x if self.conv_shortcut is None else None)
+        if self.conv_shortcut is None:
+            h = tiles.map(first, x, halo=1)
+            stats2 = tiles.stats(self.norm2, h)
+            return tiles.map(lambda h_w, x_w: second(h_w, x_w, stats2), h, x, halo=1, out=x)
+        stats2 = tiles.stats(self.norm2, x, first, halo=1)
+        return tiles.map(lambda x_w: second(first(x_w), x_w, stats2), x, halo=2)
 
 
 class TemporalResBlock(nn.Module):
@@ -211,7 +219,8 @@ class SpatioTemporalResBlock(nn.Module):
 
     def tiled(self, x: Tensor, num_frames: int, tiles: Tiles) -> Tensor:
         spatial = self.spatial_res_block.tiled(x, tiles)
-        temporal = self.temporal_res_block.tiled(folded_to_clip(spatial, num_frames), tiles)
+        # a strided clip view of the folded frames (no copy): the temporal block reads it tile by tile
+        temporal = self.temporal_res_block.tiled(folded_to_clip(spatial, num_frames, contiguous=False), tiles)
         return tiles.map(self.time_mixer, spatial, clip_to_folded(temporal), halo=0, out=spatial)
 
 
