@@ -92,7 +92,13 @@ def main() -> int:
 
     import torch
 
-    rows = []
+    rows, lines = [], []
+
+    def print(text: str) -> None:  # the table goes to stdout and to the markdown file
+        lines.append(text)
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
     print(f"CPU: {platform.processor() or platform.machine()}, capability {torch.backends.cpu.get_cpu_capability()}, "
           f"{args.threads} threads, torch {torch.__version__}; 17 frames, fp32, tile {args.tile}")
     print("| model | op | size | untiled MiB | exact MiB | exact/untiled (bar) | untiled s | exact s | time ratio | tiles |")
@@ -115,6 +121,7 @@ def main() -> int:
                       f"{ratio:.2f} (<= {BARS[name]}) | {plain['seconds']:.2f} | {exact['seconds']:.2f} | {slow:.2f} (<= 1.5) | {exact['tiles']} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     _plot(rows, args.out.with_suffix(".png"))
     return 0
 

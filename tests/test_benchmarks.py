@@ -45,3 +45,14 @@ def test_bench_dtypes_reports_what_each_request_computes_in(tmp_path):
     assert rows["fp32"]["computes_in"] == "fp32"
     assert rows["bf16"]["computes_in"] == ("bf16" if report["probe"]["bf16"] else "fp32")
     assert len(rows["bf16"]["warnings"]) == (0 if report["probe"]["bf16"] else 1)
+
+
+def test_bench_tiling_writes_its_table_and_json(tmp_path):
+    out = tmp_path / "tiling"
+    done = run("bench_tiling.py", "--models", "v2", "--sizes", "32", "--tile", "16", "--op", "decode",
+               "--threads", "1", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert [(r["model"], r["op"], r["size"]) for r in rows] == [("v2", "decode", 32)]
+    assert rows[0]["exact"]["tiles"] == 4 and rows[0]["untiled"]["peak_mib"] > 0
+    assert "| v2 | decode | 32x32 |" in out.with_suffix(".md").read_text()
