@@ -79,8 +79,8 @@ def check_tile(tile: tuple[int, int], align: int) -> None:
     height, width = tile
     if height % align or width % align:
         def near(n):
-            low = max(align, n // align * align)
-            return f"{low}" if low == n // align * align + align else f"{low} or {low + align}"
+            below = n // align * align
+            return f"{align}" if below == 0 else f"{below} or {below + align}"
         raise OptionError(
             f"tile {height}x{width} is not a multiple of this model's spatial factor {align}: "
             f"use a height of {near(height)} and a width of {near(width)}"
@@ -197,6 +197,22 @@ class Tiles:
         usual norm -> SiLU -> conv step (fn the conv, halo its reach)."""
         stats = self.stats(norm, x)
         return self.map(lambda w: fn(self.normalize(norm, stats, w, silu=silu, front_pad=front_pad)), x, halo=halo)
+
+    def resnet(self, x: Tensor, norm2: GroupNorm, first: Callable[[Tensor], Tensor],
+               second: Callable[[Tensor, Tensor, NormStats], Tensor], *, identity: bool) -> Tensor:
+        """A residual block, tile by tile: h = first(x) (norm1 -> conv1 on a window), then
+        second(h, x, norm2's statistics of h) (norm2 -> conv2 plus the shortcut of x). x is consumed.
+
+        identity shortcut: h is stored and the sum written over x, so x and h live at once. A 1x1
+        shortcut (a block that narrows the width, a decoder's largest moment) would keep x, h and
+        the output; so h is not stored but computed once for its statistics and again, window by
+        window, for conv2 (one more conv1; x and the output only)."""
+        if identity:
+            h = self.map(first, x, halo=1)
+            stats = self.stats(norm2, h)
+            return self.map(lambda h_w, x_w: second(h_w, x_w, stats), h, x, halo=1, out=x)
+        stats = self.stats(norm2, x, first, halo=1)
+        return self.map(lambda x_w: second(first(x_w), x_w, stats), x, halo=2)
 
     @staticmethod
     def normalize(norm: GroupNorm, stats: NormStats, x: Tensor, *, silu: bool = False, front_pad: int = 0) -> Tensor:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ..api import VideoVAE
 from ..errors import OptionError, UsageError, VideoLayoutError
-from ..tiling import check_tile, parse_tile
+from ..engine import resolve_tile
 
 # diffusers' tile size when a pipeline calls enable_tiling() with no arguments (Wan, HunyuanVideo)
 DEFAULT_TILE = 256
@@ -226,9 +226,8 @@ class _Face(nn.Module):
                 f"enable_tiling got unknown arguments {', '.join(unknown)}; it takes tile_sample_min_height, "
                 f"tile_sample_min_width and diffusers' {', '.join(_TILE_OVERLAP_ARGUMENTS)}"
             )
-        tile = parse_tile((tile_sample_min_height or DEFAULT_TILE, tile_sample_min_width or DEFAULT_TILE))
-        check_tile(tile, self.vae.spatial_compression)
-        self.tile, self.use_tiling = tile, True
+        tile = (tile_sample_min_height or DEFAULT_TILE, tile_sample_min_width or DEFAULT_TILE)
+        self.tile, self.use_tiling = resolve_tile(self.vae.model, tile), True
 
     def disable_tiling(self) -> None:
         self.use_tiling = False

@@ -129,31 +129,19 @@ class ResBlock3d(nn.Module):
         return self.conv2(h, padded=True, residual=shortcut)
 
     def tiled(self, x: Tensor, tiles: Tiles) -> Tensor:
-        """forward, tile by tile (`videovae.tiling`); x is consumed (the sum is written over it when
-        the shortcut is the identity).
-
-        With the identity shortcut: conv1's output h is stored, then the sum written over x: x and
-        h live at once. With a 1x1 shortcut (a block that narrows the width) x, h and the output
-        would, the largest moment of a decoder, so h is not stored: computed once for norm2's
-        statistics and again, tile by tile, for conv2 (one more conv1, the output and x only)."""
+        """forward tile by tile (`Tiles.resnet`); x is consumed."""
         pad = self.conv2.time_pad
         stats1 = tiles.stats(self.norm1, x)
 
         def first(x_w: Tensor) -> Tensor:
             return self.conv1(tiles.normalize(self.norm1, stats1, x_w, silu=True, front_pad=pad), padded=True)
 
-        if not hasattr(self, "nin_shortcut"):
-            h = tiles.map(first, x, halo=1)
-            stats2 = tiles.stats(self.norm2, h)
-            return tiles.map(lambda h_w, x_w: self._second(tiles, stats2, h_w, x_w), h, x, halo=1, out=x)
-        stats2 = tiles.stats(self.norm2, x, first, halo=1)
-        return tiles.map(lambda x_w: self._second(tiles, stats2, first(x_w), x_w), x, halo=2)
+        def second(h_w: Tensor, x_w: Tensor, stats) -> Tensor:
+            shortcut = self.nin_shortcut(x_w) if hasattr(self, "nin_shortcut") else x_w
+            normed = tiles.normalize(self.norm2, stats, h_w, silu=True, front_pad=pad)
+            return self.conv2(normed, padded=True, residual=shortcut)
 
-    def _second(self, tiles: Tiles, stats, h_w: Tensor, x_w: Tensor) -> Tensor:
-        """conv2(silu(norm2(h))) + shortcut(x) on one window (h_w and x_w of the same place and size)."""
-        shortcut = self.nin_shortcut(x_w) if hasattr(self, "nin_shortcut") else x_w
-        normed = tiles.normalize(self.norm2, stats, h_w, silu=True, front_pad=self.conv2.time_pad)
-        return self.conv2(normed, padded=True, residual=shortcut)
+        return tiles.resnet(x, self.norm2, first, second, identity=not hasattr(self, "nin_shortcut"))
 
 
 def norm_conv_tiled(tiles: Tiles, norm: GroupNorm, conv: CausalConv3d, x: Tensor) -> Tensor:

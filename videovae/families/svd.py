@@ -143,9 +143,7 @@ class ResnetBlock2D(nn.Module):
         return skip + h
 
     def tiled(self, x: Tensor, tiles: Tiles) -> Tensor:
-        """forward tile by tile (`videovae.tiling`); x is consumed (the sum is written over it when
-        the shortcut is the identity). With a 1x1 shortcut, conv1's output is computed twice
-        rather than stored (as `stepvideo.ResBlock3d.tiled` does, for the same reason)."""
+        """forward tile by tile (`Tiles.resnet`); x is consumed."""
         stats1 = tiles.stats(self.norm1, x)
 
         def first(x_w: Tensor) -> Tensor:
@@ -155,12 +153,7 @@ class ResnetBlock2D(nn.Module):
             skip = x_w if self.conv_shortcut is None else self.conv_shortcut(x_w)
             return self.conv2(tiles.normalize(self.norm2, stats, h_w, silu=True)).add_(skip)
 
-        if self.conv_shortcut is None:
-            h = tiles.map(first, x, halo=1)
-            stats2 = tiles.stats(self.norm2, h)
-            return tiles.map(lambda h_w, x_w: second(h_w, x_w, stats2), h, x, halo=1, out=x)
-        stats2 = tiles.stats(self.norm2, x, first, halo=1)
-        return tiles.map(lambda x_w: second(first(x_w), x_w, stats2), x, halo=2)
+        return tiles.resnet(x, self.norm2, first, second, identity=self.conv_shortcut is None)
 
 
 class TemporalResBlock(nn.Module):
