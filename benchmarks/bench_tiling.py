@@ -61,19 +61,47 @@ with torch.no_grad():
     else:
         x = torch.randn(1, z_channels, latents, H // S, W // S)
         run = lambda tiles: model.decode_chunk(x, tiles)
-    tiles = Tiles((H, W), (spec["tile"],) * 2, S) if spec["mode"] == "exact" else None
+    plan = None
+    if spec["mode"] == "budget":  # the plan videovae makes for this budget, then the run it plans
+        from videovae.memory_plan import plan_tiles
+        plan = plan_tiles(model, spec["op"], tuple(x.shape), spec["budget"])
+        tile = plan.tile
+    elif spec["mode"] == "blend":  # diffusers' approximate tiles, overlapping by a quarter tile
+        from videovae.engine import TileChoice
+        overlap = spec["tile"] // 4 // S * S  # 0 when the tile is under four spatial factors
+        choice = TileChoice(model, spec["op"], (spec["tile"],) * 2, overlap=overlap)
+        run = lambda tiles: choice.run(x)
+        tile = None
+    else:
+        tile = (spec["tile"],) * 2 if spec["mode"] == "exact" else None
+    tiles = Tiles((H, W), tile, S) if tile else None
+    if spec.get("plan_only"):
+        print(json.dumps({"tile": plan.tile, "planned_mib": plan.peak / 2**20, "minimum_mib": plan.minimum / 2**20}))
+        raise SystemExit(0)
     base = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() / 2**20
     start = time.perf_counter()
     out = run(tiles)
     seconds = time.perf_counter() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"seconds": seconds, "peak_mib": peak - base, "baseline_mib": base, "tiles": tiles.count if tiles else 1,
-                  "shape": list(out.shape)}))
+report = {"seconds": seconds, "peak_mib": peak - base, "baseline_mib": base, "tiles": tiles.count if tiles else 1,
+          "shape": list(out.shape)}
+if plan is not None:
+    report.update(tile=plan.tile, planned_mib=plan.peak / 2**20, minimum_mib=plan.minimum / 2**20)
+print(json.dumps(report))
 """
 
+# glibc's default mmap threshold grows to 32 MiB after the first large free, and the freed tiles'
+# buffers then stay in the heap: peak RSS runs about 1.5x what PyTorch allocates. A fixed threshold
+# returns them at once (and costs page faults): the budget runs are measured both ways.
+FIXED_MMAP = {"MALLOC_MMAP_THRESHOLD_": str(2**20)}
 
-def run_case(spec: dict) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], capture_output=True, text=True)
+
+
+def run_case(spec: dict, env: dict | None = None) -> dict:
+    import os
+
+    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
     if done.returncode:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -87,42 +115,173 @@ def main() -> int:
     p.add_argument("--op", nargs="+", default=["decode", "encode"], choices=["decode", "encode"])
     p.add_argument("--widths", choices=["reduced", "full"], default="reduced")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--blend-error", action="store_true",
+                   help="also: the error of blended tiles against exact ones, on the shipped demo model's held-out clip")
+    p.add_argument("--max-memory", nargs="*", type=float, default=None, metavar="X",
+                   help="instead: budget runs at X times each case's reported minimum (default 1 1.5 2.5): the "
+                        "plan's tiles, its planned peak, and the measured peak RSS against the budget")
+    p.add_argument("--counted", action="store_true",
+                   help="instead: no run, the peaks videovae.memory_plan counts on the meta device (any size, "
+                        "any width, in seconds): untiled against exact tiles")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="with --counted: the compute dtype")
     p.add_argument("--out", type=Path, default=RESULTS / "bench_tiling")
     args = p.parse_args()
-
-    import torch
+    if args.max_memory is not None:
+        return budgets(args)
+    if args.counted:
+        return counted(args)
 
     rows, lines = [], []
-
-    def print(text: str) -> None:  # the table goes to stdout and to the markdown file
-        lines.append(text)
-        sys.stdout.write(text + "\n")
-        sys.stdout.flush()
-
-    print(f"CPU: {platform.processor() or platform.machine()}, capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"{args.threads} threads, torch {torch.__version__}; 17 frames, fp32, tile {args.tile}")
-    print("| model | op | size | untiled MiB | exact MiB | exact/untiled (bar) | untiled s | exact s | time ratio | tiles |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for name in args.models:
-        config = REDUCED[name] if args.widths == "reduced" else None
-        for op in args.op:
-            for size in args.sizes:
-                base = dict(config=config, model=name, op=op, size=size, tile=args.tile, threads=args.threads)
-                plain, exact = run_case({**base, "mode": "untiled"}), run_case({**base, "mode": "exact"})
-                row = {"model": name, "widths": args.widths, "op": op, "size": size, "tile": args.tile,
-                       "untiled": plain, "exact": exact}
-                rows.append(row)
-                if "error" in plain or "error" in exact:
-                    print(f"| {name} | {op} | {size} | {plain.get('error', '')} | {exact.get('error', '')} | | | | | |")
-                    continue
-                ratio, slow = exact["peak_mib"] / plain["peak_mib"], exact["seconds"] / plain["seconds"]
-                row.update(memory_ratio=ratio, time_ratio=slow)
-                print(f"| {name} | {op} | {size}x{size} | {plain['peak_mib']:.0f} | {exact['peak_mib']:.0f} | "
-                      f"{ratio:.2f} (<= {BARS[name]}) | {plain['seconds']:.2f} | {exact['seconds']:.2f} | {slow:.2f} (<= 1.5) | {exact['tiles']} |")
+    print = _printer(lines)  # the table goes to stdout and to the markdown file
+    print(_machine(args) + f"; 17 frames, fp32, tile {args.tile}")
+    print("| model | op | size | untiled MiB | exact MiB | exact/untiled (bar) | untiled s | exact s | time ratio | tiles "
+          "| blend MiB | blend s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, op, size, base in _cases(args):
+        plain, exact = run_case({**base, "mode": "untiled"}), run_case({**base, "mode": "exact"})
+        blend = run_case({**base, "mode": "blend"})
+        row = {"model": name, "widths": args.widths, "op": op, "size": size, "tile": args.tile,
+               "untiled": plain, "exact": exact, "blend": blend}
+        rows.append(row)
+        if "error" in plain or "error" in exact:
+            print(f"| {name} | {op} | {size} | {plain.get('error', '')} | {exact.get('error', '')} | | | | | | | |")
+            continue
+        ratio, slow = exact["peak_mib"] / plain["peak_mib"], exact["seconds"] / plain["seconds"]
+        row.update(memory_ratio=ratio, time_ratio=slow)
+        print(f"| {name} | {op} | {size}x{size} | {plain['peak_mib']:.0f} | {exact['peak_mib']:.0f} | "
+              f"{ratio:.2f} (<= {BARS[name]}) | {plain['seconds']:.2f} | {exact['seconds']:.2f} | {slow:.2f} (<= 1.5) | {exact['tiles']} | "
+              f"{blend.get('peak_mib', float('nan')):.0f} | {blend.get('seconds', float('nan')):.2f} |")
+    if args.blend_error:
+        print("")
+        for line in blend_error_table():
+            print(line)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     _plot(rows, args.out.with_suffix(".png"))
+    return 0
+
+
+def _printer(lines: list[str]):
+    def print(text: str) -> None:
+        lines.append(text)
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+    return print
+
+
+def _machine(args) -> str:
+    import torch
+
+    return (f"CPU: {platform.processor() or platform.machine()}, capability {torch.backends.cpu.get_cpu_capability()}, "
+            f"{args.threads} threads, torch {torch.__version__}")
+
+
+def _cases(args):
+    """(model, op, size, the child's spec) of every case asked for."""
+    for name in args.models:
+        config = REDUCED[name] if args.widths == "reduced" else None
+        for op in args.op:
+            for size in args.sizes:
+                yield name, op, size, dict(config=config, model=name, op=op, size=size, tile=args.tile, threads=args.threads)
+
+
+def blend_error_table(tiles=((64, 16), (48, 16), (32, 8))) -> list[str]:
+    """Blended (diffusers') tiles against exact ones on natural content: the shipped demo model
+    (trained) on its demo clip, a held-out photograph, 17 x 96 x 128."""
+    import torch
+
+    import videovae
+    from videovae.camera import render
+    from videovae.files import DEMO_CAMERA
+    from videovae.metrics import RunningMetrics
+    from videovae.registry import demo_photo, shipped_checkpoint
+
+    vae = videovae.load(shipped_checkpoint(), dtype="fp32")
+    clip = render(demo_photo(), DEMO_CAMERA, 17, 96, 128)[None]  # (1, T, 3, H, W)
+    lines = ["Blended tiles (diffusers' mode) against exact ones: the shipped demo model, its held-out demo clip 17x96x128",
+             "", "| tile | overlap | PSNR blend vs exact dB | max abs diff | PSNR vs original: exact | blend |", "|---|---|---|---|---|---|"]
+    with torch.no_grad():
+        exact = vae.reconstruct(clip).clamp(-1, 1)
+        for tile, overlap in tiles:
+            blend = vae.reconstruct(clip, tile=tile, tile_overlap=overlap).clamp(-1, 1)
+            between, ex, bl = RunningMetrics(), RunningMetrics(), RunningMetrics()
+            between.update(exact, blend), ex.update(clip, exact), bl.update(clip, blend)
+            lines.append(f"| {tile} | {overlap} | {between.mean_psnr:.2f} | {(blend - exact).abs().max().item():.3f} | "
+                         f"{ex.mean_psnr:.2f} | {bl.mean_psnr:.2f} |")
+    return lines
+
+
+def budgets(args) -> int:
+    """Budget runs: for each case, videovae's minimum, then runs at multiples of it."""
+
+    lines, rows = [], []
+    print = _printer(lines)
+    factors = args.max_memory or [1.0, 1.5, 2.5]
+    print(_machine(args) + "; 17 frames, fp32; budgets as multiples of the reported minimum")
+    print("| model | op | size | budget MiB | tile | planned MiB | RSS MiB (glibc default) | RSS / budget | "
+          "RSS MiB (mmap threshold 1 MiB) | RSS / budget | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, op, size, base in _cases(args):
+        base = {**base, "mode": "budget"}
+        probe = run_case({**base, "budget": 2**50, "plan_only": True})
+        if "error" in probe:
+            print(f"| {name} | {op} | {size} | {probe['error']} | | | | | | | |")
+            continue
+        minimum = probe["minimum_mib"] * 2**20
+        for factor in factors:
+            budget = int(minimum * factor)
+            plain, fixed = run_case({**base, "budget": budget}), run_case({**base, "budget": budget}, FIXED_MMAP)
+            row = {"model": name, "op": op, "size": size, "budget_mib": budget / 2**20, "factor": factor,
+                   "default_malloc": plain, "fixed_mmap": fixed}
+            rows.append(row)
+            if "error" in plain or "error" in fixed:
+                print(f"| {name} | {op} | {size} | {budget / 2**20:.0f} | {plain.get('error', '')} {fixed.get('error', '')} |||||||")
+                continue
+            mib = budget / 2**20
+            tile = "x".join(map(str, plain["tile"])) if plain["tile"] else "untiled"
+            print(f"| {name} | {op} | {size}x{size} | {mib:.0f} ({factor:g} x min) | {tile} | {plain['planned_mib']:.0f} | "
+                  f"{plain['peak_mib']:.0f} | {plain['peak_mib'] / mib:.2f} | {fixed['peak_mib']:.0f} | "
+                  f"{fixed['peak_mib'] / mib:.2f} | {plain['seconds']:.1f} |")
+    out = args.out.with_name(args.out.name + "_budgets")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+def counted(args) -> int:
+    """Counted (not measured) peaks of one 17-frame chunk: untiled and exact tiles, any size."""
+    import torch
+
+    from videovae.families import stepvideo as sv, svd
+    from videovae.memory_plan import chunk_peak
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    lines: list[str] = []
+    print = _printer(lines)
+    print(f"Counted on the meta device (videovae.memory_plan), not measured: one chunk of 17 frames, {args.dtype}, "
+          f"{args.widths} widths, tile {args.tile}")
+    print("| model | op | size | untiled GiB | exact GiB | exact / untiled (bar) |")
+    print("|---|---|---|---|---|---|")
+    for name, op, size, spec in _cases(args):
+        with torch.device("meta"):
+            if name == "svd":
+                cfg = svd.SVDConfig(**spec["config"]) if spec["config"] else svd.SVDConfig()
+                model, z, latents = svd.SVDVAE(cfg), cfg.latent_channels, 17
+            else:
+                released = {"v1": sv.stepvideo_v1_config, "v2": sv.stepvideo_v2_config}[name]
+                cfg = sv.StepVideoConfig(**spec["config"]) if spec["config"] else released()
+                model, z, latents = sv.StepVideoVAE(cfg), cfg.z_channels, cfg.frame_layout.latents_per_chunk
+        model = model.to(dtype)
+        S = model.frame_layout.spatial_factor
+        shape = (1, 3, 17, size, size) if op == "encode" else (1, z, latents, size // S, size // S)
+        plain, exact = chunk_peak(model, op, shape, None), chunk_peak(model, op, shape, (args.tile,) * 2)
+        print(f"| {name} | {op} | {size}x{size} | {plain / 2**30:.2f} | {exact / 2**30:.2f} | {exact / plain:.2f} (<= {BARS[name]}) |")
+    out = args.out.with_name(args.out.name + "_counted")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     return 0
 
 

@@ -118,6 +118,17 @@ def test_video_face_over_svd(svd, svd_io):
     face.enable_tiling()  # diffusers' default tile: 256, more than these frames: one tile
     assert face.tile == (256, 256)
     face.disable_tiling()
+    # exact=False: diffusers' blended tiles (approximate), the overlap from its strides
+    face.enable_tiling(tile_sample_min_height=32, tile_sample_min_width=32, tile_sample_stride_height=24,
+                       tile_sample_stride_width=24, exact=False)
+    assert face.tile_overlap == 8
+    blended = face.decode(two).sample
+    assert blended.shape == whole.shape and 1e-3 < (blended - whole).abs().max().item() < 2
+    torch.testing.assert_close(blended, face.vae.decode(two.transpose(1, 2), tile=32, tile_overlap=8).transpose(1, 2))
+    face.disable_tiling()
+    with pytest.raises(OptionError, match="overlap differently in height and width"):
+        face.enable_tiling(tile_sample_min_height=32, tile_sample_min_width=32, tile_sample_stride_height=24,
+                           tile_sample_stride_width=16, exact=False)
     with pytest.raises(OptionError, match="unknown arguments tile_size"):
         face.enable_tiling(tile_size=16)
     with pytest.raises(OptionError, match="spatial factor 2"):

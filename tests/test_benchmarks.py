@@ -55,4 +55,25 @@ def test_bench_tiling_writes_its_table_and_json(tmp_path):
     rows = json.loads(out.with_suffix(".json").read_text())
     assert [(r["model"], r["op"], r["size"]) for r in rows] == [("v2", "decode", 32)]
     assert rows[0]["exact"]["tiles"] == 4 and rows[0]["untiled"]["peak_mib"] > 0
+    assert rows[0]["blend"]["peak_mib"] > 0 and rows[0]["blend"]["shape"] == rows[0]["exact"]["shape"]
     assert "| v2 | decode | 32x32 |" in out.with_suffix(".md").read_text()
+
+
+def test_bench_tiling_budget_runs_report_the_plan_and_the_measured_peak(tmp_path):
+    out = tmp_path / "tiling"
+    done = run("bench_tiling.py", "--models", "v1", "--sizes", "32", "--op", "encode", "--threads", "1",
+               "--max-memory", "1", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((tmp_path / "tiling_budgets.json").read_text())
+    assert [(r["model"], r["op"], r["factor"]) for r in rows] == [("v1", "encode", 1.0)]
+    for run_ in (rows[0]["default_malloc"], rows[0]["fixed_mmap"]):
+        assert run_["planned_mib"] <= rows[0]["budget_mib"] and run_["peak_mib"] > 0
+
+
+def test_bench_tiling_counted_mode_needs_no_run(tmp_path):
+    out = tmp_path / "tiling"
+    done = run("bench_tiling.py", "--counted", "--models", "svd", "--sizes", "64", "--tile", "32", "--op", "decode",
+               "--out", str(out), timeout=120)
+    assert done.returncode == 0, done.stderr
+    table = (tmp_path / "tiling_counted.md").read_text()
+    assert "| svd | decode | 64x64 |" in table and "Counted on the meta device" in table

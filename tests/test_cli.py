@@ -172,6 +172,16 @@ def test_tiled_encode_and_decode_equal_untiled(work, clip, latents):
     assert "2 tiles per chunk" in stderr
 
 
+def test_a_memory_budget_picks_tiles_and_keeps_the_result(work, clip, lossless, reference, vae):
+    minimum = max(vae.memory_plan(op, HEIGHT, WIDTH, 10**12).minimum for op in ("encode", "decode"))
+    out = work / "budget.mkv"
+    code, _, stderr = run(["reconstruct", clip, "-o", out, "--lossless", "--max-memory", str(minimum)])
+    assert code == 0, stderr
+    assert "tiles per chunk" in stderr.strip().splitlines()[-1]
+    written, _ = read_video(out)
+    assert (to_uint8(written).int() - to_uint8(reference[1]).int()).abs().max().item() <= 1
+
+
 def test_lossless_output_holds_the_in_memory_frames(lossless, reference):
     written, _ = read_video(lossless["out"])
     assert written.shape == (1, FRAMES, 3, HEIGHT, WIDTH)
@@ -455,6 +465,13 @@ def test_a_tile_off_the_grid_fails_before_any_work(out_dir, clip):
           "tile 30x30 is not a multiple of this model's spatial factor 4: use a height of 28 or 32")
 
 
+def test_a_budget_below_the_minimum_fails_before_any_work(out_dir, clip):
+    fails(["reconstruct", clip, "-o", out_dir / "a.mp4", "--max-memory", "1MB"], out_dir,
+          "max_memory 1.00 MB is below the")
+    fails(["encode", clip, "-o", out_dir / "a.latents.safetensors", "--max-memory", "1MB"], out_dir,
+          "that exact tiling needs to encode a chunk of 17 frames")
+
+
 def test_start_frame_past_the_end(out_dir, clip):
     fails(["reconstruct", clip, "-o", out_dir / "a.mp4", "--start-frame", 50], out_dir, "past the end")
 
@@ -481,6 +498,8 @@ def test_failure_in_the_middle_leaves_no_output(out_dir, clip, monkeypatch):
     (["--frobnicate"], "unrecognized arguments: --frobnicate"),
     (["--tile", "0"], "argument --tile: tile sizes must be positive"),
     (["--tile", "big"], "argument --tile: tile 'big' is not a size"),
+    (["--max-memory", "lots"], "argument --max-memory: max_memory 'lots' is not a size"),
+    (["--max-memory", "4GB", "--tile", "16"], "not allowed with argument"),
 ])
 def test_bad_argument_values_exit_2(out_dir, clip, argv, message):
     fails(["reconstruct", clip, "-o", out_dir / "a.mp4", *argv], out_dir, message, code=2)

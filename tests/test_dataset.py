@@ -333,6 +333,11 @@ def single_process_run_and_options_change(videos, reference, vae, tmp_path, caps
     tiled = tmp_path / "tiled"
     assert main(["--inputs", str(picked[1]), "--out", str(tiled), "--checkpoint", str(V2_WEIGHTS), "--tile", "16"]) == 0
     torch.testing.assert_close(load_latents(tiled / output_name(picked[1]))[0], reference["clip3.mp4"][0], rtol=0, atol=1e-4)
+    budgeted = tmp_path / "budgeted"
+    minimum = vae.memory_plan("encode", 32, 48, 10**12).minimum
+    assert main(["--inputs", str(picked[1]), "--out", str(budgeted), "--checkpoint", str(V2_WEIGHTS),
+                 "--max-memory", str(minimum)]) == 0
+    torch.testing.assert_close(load_latents(budgeted / output_name(picked[1]))[0], reference["clip3.mp4"][0], rtol=0, atol=1e-4)
 
 
 def test_resize_is_antialiased_bilinear():

@@ -181,3 +181,46 @@ def test_svd_fixture_tiles_exactly_through_the_api_and_streams(svd, svd_io):
         _close(svd.decode(plain.mean, tile=tile), decoded)
     streamed = torch.cat(list(svd.decode_stream([plain.mean], tile=32, chunk_frames=2, overlap=1)), dim=1)
     _close(streamed, torch.cat(list(svd.decode_stream([plain.mean], chunk_frames=2, overlap=1)), dim=1))
+
+
+# -- the approximate mode: diffusers' blended tiles --------------------------------------------------
+
+
+def _diffusers_tiled(run, x, tile: int, stride: int, scale: int):
+    """diffusers' tiled_decode loop (AutoencoderKLWan), with its own blend_v / blend_h."""
+    wan = pytest.importorskip("diffusers.models.autoencoders.autoencoder_kl_wan").AutoencoderKLWan
+    H, W = x.shape[-2:]
+    rows = [[run(x[..., i : i + tile, j : j + tile]) for j in range(0, W, stride)] for i in range(0, H, stride)]
+    blend = (tile - stride) * scale
+    result = []
+    for i, row in enumerate(rows):
+        kept = []
+        for j, t in enumerate(row):
+            if i > 0:
+                t = wan.blend_v(None, rows[i - 1][j], t, blend)
+            if j > 0:
+                t = wan.blend_h(None, row[j - 1], t, blend)
+            kept.append(t[..., : stride * scale, : stride * scale])
+        result.append(torch.cat(kept, dim=-1))
+    return torch.cat(result, dim=-2)[..., : H * scale, : W * scale]
+
+
+def test_blended_tiles_are_diffusers_tiling(v1):
+    vae = v1
+    z = torch.randn(1, vae.latent_channels, 3, 11, 9)  # (B, z, T_lat, h, w): partial tiles at both edges
+    with torch.no_grad():
+        expected = _diffusers_tiled(lambda w: vae.model.decode_chunk(w), z, tile=4, stride=3, scale=8)
+        got = vae.decode(z.transpose(1, 2), tile=32, tile_overlap=8).transpose(1, 2)
+        exact = vae.decode(z.transpose(1, 2)).transpose(1, 2)
+    assert got.shape == exact.shape == expected.shape
+    _close(got, expected, 1e-5)
+    assert (got - exact).abs().max().item() > 1e-2  # approximate: per-tile statistics differ from the whole frame's
+
+
+def test_blended_tiles_need_a_tile_and_a_sound_overlap(v1):
+    with pytest.raises(OptionError, match="needs a tile size"):
+        v1.decode(torch.zeros(1, 1, 16, 4, 4), tile_overlap=8)
+    with pytest.raises(OptionError, match="not a multiple of this model's spatial factor 8"):
+        v1.decode(torch.zeros(1, 1, 16, 4, 4), tile=32, tile_overlap=4)
+    with pytest.raises(OptionError, match="must be smaller than the tile"):
+        v1.decode(torch.zeros(1, 1, 16, 4, 4), tile=16, tile_overlap=16)

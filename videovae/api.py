@@ -19,8 +19,9 @@ from torch import Tensor, nn
 from .chunking import FrameLayout, FramePolicy, apply_policy, undo
 from .distribution import LatentDistribution
 from .compute_dtype import parse_dtype, resolve_compute_dtype, warn_if_slow
-from .engine import ChunkDecoder, ChunkEncoder, ChunkReconstructor, resolve_tile, resolve_window
-from .errors import VideoLayoutError
+from .engine import ChunkDecoder, ChunkEncoder, ChunkReconstructor, TileChoice, resolve_tile, resolve_window
+from .errors import OptionError, VideoLayoutError
+from .memory_plan import MemoryPlan
 from .tiling import Tiles
 from .validation import check_device, check_latents, check_num_frames, check_video_shape
 
@@ -133,16 +134,36 @@ class VideoVAE(nn.Module):
         s = self.spatial_compression
         return Tiles((-(-height // s) * s, -(-width // s) * s), tile, s).count
 
+    def memory_plan(self, op: str, height: int, width: int, max_memory, *, frames: int | None = None,
+                    batch: int = 1) -> MemoryPlan:
+        """The tile plan `encode` or `decode` (op) would use under `max_memory` for one chunk of
+        frames of height x width pixels (padded to the spatial factor; `frames`: the chunk's frames,
+        default a whole chunk): its tile, the peak it needs and the smallest budget exact tiling
+        meets. Raises OptionError naming that minimum when `max_memory` is below it."""
+        if op not in ("encode", "decode"):
+            raise OptionError(f"op must be 'encode' or 'decode'; got {op!r}")
+        layout, s = self.frame_layout, self.spatial_compression
+        H, W = -(-height // s) * s, -(-width // s) * s
+        T = frames or layout.frames_per_chunk or self.model.capabilities.encode_window or 17
+        if op == "encode":
+            shape = (batch, self.in_channels, T, H, W)
+        else:
+            shape = (batch, self.latent_channels, layout.latent_frames(T), H // s, W // s)
+        return TileChoice(self.model, op, max_memory=max_memory).plan(shape)
+
     def _to_model(self, x: Tensor) -> Tensor:
         dtype, device = self.dtype, self.device
         if not self.strict_dtype and self._slow_dtype_warned != dtype and warn_if_slow(dtype, device):
             self._slow_dtype_warned = dtype  # once per model and dtype: it was cast by hand, e.g. .to(bf16)
         return x.to(device=device, dtype=dtype)
 
-    def chunk_encoder(self, policy: FramePolicy | str | None = None, *, tile=None) -> ChunkEncoder:
+    def chunk_encoder(
+        self, policy: FramePolicy | str | None = None, *, tile=None, max_memory=None, tile_overlap: int | None = None
+    ) -> ChunkEncoder:
         """The streaming encoder of this model (`videovae.engine.ChunkEncoder`): push frame pieces,
-        get a posterior per chunk, flush at the end. tile: as in `encode`."""
-        return ChunkEncoder(self.model, policy, cast=self._to_model, tile=tile)
+        get a posterior per chunk, flush at the end. tile, max_memory, tile_overlap: as in `encode`."""
+        return ChunkEncoder(self.model, policy, cast=self._to_model, tile=tile, max_memory=max_memory,
+                            tile_overlap=tile_overlap)
 
     def chunk_decoder(
         self,
@@ -153,15 +174,20 @@ class VideoVAE(nn.Module):
         overlap: int = 0,
         stream: bool = True,
         tile=None,
+        max_memory=None,
+        tile_overlap: int | None = None,
     ) -> ChunkDecoder:
         """The streaming decoder of this model (`videovae.engine.ChunkDecoder`); the options as in
         `decode`. stream=True gives a whole-clip family (SVD) its declared overlapping windows by
         default, so memory stays bounded; stream=False decodes its whole clip at once."""
         window = resolve_window(self.model, chunk_frames, overlap, stream=stream)
         return ChunkDecoder(self.model, blend=blend, window=window, num_frames=check_num_frames(num_frames),
-                            cast=self._to_model, tile=tile)
+                            cast=self._to_model, tile=tile, max_memory=max_memory, tile_overlap=tile_overlap)
 
-    def encode(self, video: Tensor, policy: FramePolicy | str | None = None, *, tile=None) -> LatentDistribution:
+    def encode(
+        self, video: Tensor, policy: FramePolicy | str | None = None, *, tile=None, max_memory=None,
+        tile_overlap: int | None = None,
+    ) -> LatentDistribution:
         """Encode video: (B, T, C, H, W) in [-1, 1] -> LatentDistribution over (B, T_lat, z, h, w).
 
         policy: "pad" (default), "trim", "strict" or a FramePolicy, for lengths and sizes that do not
@@ -169,9 +195,17 @@ class VideoVAE(nn.Module):
         tile: run each chunk tile by tile in space, tiles of 256, (height, width) or "HxW" pixels,
             multiples of `spatial_compression`: the same latents up to float rounding, in less
             memory (`videovae.tiling`). None (default): untiled.
+        max_memory: instead of a tile, a budget ("4GB", "512MiB" or bytes) for the memory one chunk
+            allocates (its output included, the weights not): the fastest exact tile plan within it
+            (`videovae.memory_plan`, also `memory_plan()`); an OptionError names the smallest budget
+            that works when this one is below it.
+        tile_overlap: with tile, the approximate mode of diffusers' tiled VAEs instead: each tile is
+            encoded on its own (its own group-norm statistics) with this many pixels of overlap with
+            its neighbours, cross-faded linearly. Faster where many tiles share halos, not exact:
+            tone and seams can differ (measured by benchmarks/bench_tiling.py). None: exact.
         Chunks of `frames_per_chunk` frames are encoded independently (no state crosses chunks).
         """
-        encoder = self.chunk_encoder(policy, tile=tile)
+        encoder = self.chunk_encoder(policy, tile=tile, max_memory=max_memory, tile_overlap=tile_overlap)
         posteriors = encoder.push(video, last=True) + encoder.flush()  # last: a strict policy fails first
         mean = torch.cat([p.mean for p in posteriors], dim=1) if len(posteriors) > 1 else posteriors[0].mean
         logvar = torch.cat([p.logvar for p in posteriors], dim=1) if len(posteriors) > 1 else posteriors[0].logvar
@@ -186,6 +220,8 @@ class VideoVAE(nn.Module):
         chunk_frames: int | None = None,
         overlap: int = 0,
         tile=None,
+        max_memory=None,
+        tile_overlap: int | None = None,
     ) -> Tensor:
         """Decode latents: (B, T_lat, z, h, w) -> video (B, T, C, H, W), unclamped.
 
@@ -198,6 +234,7 @@ class VideoVAE(nn.Module):
             of `chunk_frames` latent frames overlapping by `overlap` and cross-fade them (bounded
             memory; see chunk_state.overlap_windows). Families with chunks of their own refuse them.
         tile: decode tile by tile in space, tiles of that many output pixels (as in `encode`): exact.
+        max_memory: a budget per chunk instead of a tile; tile_overlap: blended, approximate tiles (as in `encode`).
         Peak memory is the output plus one chunk (or window).
         """
         num_frames = check_num_frames(num_frames)  # before the work, not after it
@@ -205,7 +242,8 @@ class VideoVAE(nn.Module):
         if isinstance(latents, LatentDistribution):
             record, latents = latents.record, latents.mode()
         z = check_latents(latents, self.latent_channels)
-        decoder = self.chunk_decoder(blend=blend, chunk_frames=chunk_frames, overlap=overlap, stream=False, tile=tile)
+        decoder = self.chunk_decoder(blend=blend, chunk_frames=chunk_frames, overlap=overlap, stream=False, tile=tile,
+                                     max_memory=max_memory, tile_overlap=tile_overlap)
         step = chunk_frames or self.latent_frames_per_chunk or z.shape[1]
         total = self.frame_layout.decoded_frames(z.shape[1])
         video, position = None, 0
@@ -230,19 +268,22 @@ class VideoVAE(nn.Module):
         sample: bool = False,
         generator: torch.Generator | None = None,
         tile=None,
+        max_memory=None,
+        tile_overlap: int | None = None,
     ) -> Tensor:
         """Encode then decode video: (B, T, C, H, W) -> the same shape (after a `trim` policy, the trimmed one).
 
-        Decodes the posterior mean, or a sample from it with `sample=True`; tile: as in `encode`.
+        Decodes the posterior mean, or a sample from it with `sample=True`; tile, max_memory, tile_overlap: as in `encode`.
         """
-        posterior = self.encode(video, policy, tile=tile)
+        posterior = self.encode(video, policy, tile=tile, max_memory=max_memory, tile_overlap=tile_overlap)
         z = posterior.sample(generator) if sample else posterior.mode()
-        return undo(self.decode(z, tile=tile), posterior.record)
+        return undo(self.decode(z, tile=tile, max_memory=max_memory, tile_overlap=tile_overlap), posterior.record)
 
     # -- streaming: one chunk in memory at a time ---------------------------------------------------
 
     def encode_stream(
-        self, frames: Iterable[Tensor], policy: FramePolicy | str | None = None, *, tile=None
+        self, frames: Iterable[Tensor], policy: FramePolicy | str | None = None, *, tile=None, max_memory=None,
+        tile_overlap: int | None = None,
     ) -> Iterator[LatentDistribution]:
         """Encode a video given as pieces (B, t, C, H, W) (any t >= 1), one chunk at a time.
 
@@ -250,7 +291,7 @@ class VideoVAE(nn.Module):
         encode window), each with a record of the frames and size it encodes. The concatenated
         latents equal `encode` of the whole video; the policy applies to the whole length.
         """
-        encoder = self.chunk_encoder(policy, tile=tile)
+        encoder = self.chunk_encoder(policy, tile=tile, max_memory=max_memory, tile_overlap=tile_overlap)
         for piece in frames:
             yield from encoder.push(piece)
         yield from encoder.flush()
@@ -264,6 +305,8 @@ class VideoVAE(nn.Module):
         chunk_frames: int | None = None,
         overlap: int = 0,
         tile=None,
+        max_memory=None,
+        tile_overlap: int | None = None,
     ) -> Iterator[Tensor]:
         """Decode latents given as pieces (B, t_lat, z, h, w), one decoder chunk at a time.
 
@@ -272,7 +315,8 @@ class VideoVAE(nn.Module):
         next chunk is decoded), cut at `num_frames` when given. chunk_frames, overlap: as in `decode`;
         a whole-clip family (SVD) decodes in its declared windows (`capabilities.stream_window`) by default.
         """
-        decoder = self.chunk_decoder(num_frames, blend=blend, chunk_frames=chunk_frames, overlap=overlap, tile=tile)
+        decoder = self.chunk_decoder(num_frames, blend=blend, chunk_frames=chunk_frames, overlap=overlap, tile=tile,
+                                     max_memory=max_memory, tile_overlap=tile_overlap)
         for z in latents:
             frames = decoder.push(z)
             if frames.shape[1]:
@@ -289,6 +333,8 @@ class VideoVAE(nn.Module):
         chunk_frames: int | None = None,
         overlap: int = 0,
         tile=None,
+        max_memory=None,
+        tile_overlap: int | None = None,
     ) -> Iterator[Tensor]:
         """Reconstruct a video given as pieces (B, t, C, H, W); yields reconstructed pieces.
 
@@ -296,8 +342,9 @@ class VideoVAE(nn.Module):
         windows unless chunk_frames is given), holding one chunk (plus one frame, or one window) in
         memory, so a long video needs the memory of a short one.
         """
-        decoder = self.chunk_decoder(blend=blend, chunk_frames=chunk_frames, overlap=overlap, tile=tile)
-        engine = ChunkReconstructor(self.chunk_encoder(policy, tile=tile), decoder)
+        tiling = dict(tile=tile, max_memory=max_memory, tile_overlap=tile_overlap)
+        decoder = self.chunk_decoder(blend=blend, chunk_frames=chunk_frames, overlap=overlap, **tiling)
+        engine = ChunkReconstructor(self.chunk_encoder(policy, **tiling), decoder)
         for piece in frames:
             out = engine.push(piece)
             if out.shape[1]:

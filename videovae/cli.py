@@ -30,7 +30,7 @@ from .compute_dtype import CLI_CHOICES, CLI_HELP, STRICT_HELP
 from .errors import OptionError
 from .registry import shipped_checkpoint
 from .terminal import EscapingStream
-from .tiling import tile_arg
+from .memory_plan import add_tiling_arguments
 
 
 
@@ -80,9 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="latent frames shared by neighbouring windows, cross-faded (default: the family's, 4 for svd)")
 
     tiling = argparse.ArgumentParser(add_help=False)
-    tiling.add_argument("--tile", type=tile_arg, default=None, metavar="HxW",
-                        help="run each chunk tile by tile in space, tiles of HxW pixels (multiples of the model's "
-                             "spatial factor): the same result as untiled, in less memory (default: untiled)")
+    add_tiling_arguments(tiling)
 
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

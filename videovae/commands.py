@@ -126,13 +126,17 @@ def _check_video_outputs(*paths: Path | None) -> None:
 
 
 def _stream_options(args: argparse.Namespace) -> dict:
-    """--chunk-frames/--overlap/--tile as keyword arguments of the streams (absent: the default)."""
-    options = {"tile": args.tile} if args.tile is not None else {}
+    """--chunk-frames/--overlap/--tile/--max-memory as keyword arguments of the streams (absent: the default)."""
+    options = {name: getattr(args, name) for name in ("tile", "max_memory") if getattr(args, name, None) is not None}
     if args.chunk_frames is None:
         if args.overlap:
             raise OptionError("--overlap needs --chunk-frames (the latent frames of each window)")
         return options
     return {**options, "chunk_frames": args.chunk_frames, "overlap": args.overlap or 0}
+
+
+def _tiling(options: dict) -> dict:
+    return {name: options[name] for name in ("tile", "max_memory") if name in options}
 
 
 def _load(args: argparse.Namespace):
@@ -211,7 +215,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     with torch.inference_mode():
         encoded = encode_file(
             vae, args.input, policy=policy, start_frame=args.start_frame, max_frames=args.max_frames,
-            progress=not args.quiet, tile=args.tile,
+            progress=not args.quiet, tile=args.tile, max_memory=args.max_memory,
         )
     seconds = time.perf_counter() - start
     meta = LatentFileMeta.of(
@@ -249,7 +253,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
             VideoWriter(args.output, meta.fps, meta.width, meta.height, quality=args.quality, lossless=args.lossless) as writer,
             Progress(meta.frames, label="decode", enabled=not args.quiet) as bar,
         ):
-            bar.postfix = tiles_text(vae, options.get("tile"), meta.height, meta.width)
+            bar.postfix = tiles_text(vae, meta.height, meta.width, frames=meta.frames, **_tiling(options))
             for piece in pieces:
                 writer.write(piece.clamp(-1.0, 1.0))
                 bar.update(piece.shape[1])

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from .chunking import POLICY_NAMES, FramePolicy
-from .tiling import tile_arg
+from .memory_plan import add_tiling_arguments
 from .compute_dtype import CLI_CHOICES, CLI_HELP, FILE_DTYPE, STRICT_HELP, dtype_name
 from .dataset_inputs import MANIFEST, pattern_reaches, resolve_inputs, video_id
 from .engine import EncodedVideo, encode_video
@@ -116,9 +116,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="on resume, also compare each source's sha256 (default: its size and modification time)")
     parser.add_argument("--size", type=_parse_size, default=None, metavar="HxW",
                         help="resize frames to HxW (bilinear, antialiased) before encoding")
-    parser.add_argument("--tile", type=tile_arg, default=None, metavar="HxW",
-                        help="encode each chunk tile by tile in space, tiles of HxW pixels: the same latents up to "
-                             "float rounding, in less memory (default: untiled; not part of the resume check)")
+    add_tiling_arguments(parser, note="; not part of the resume check")
     parser.add_argument("--device", default=None,
                         help="default: cuda:<LOCAL_RANK> when CUDA is available, else cpu; 'cuda' means cuda:<LOCAL_RANK>")
 
@@ -150,6 +148,7 @@ class Settings:
     hash_sources: bool        # the resume check compares a source's sha256 too, not only size and mtime
     size: tuple[int, int] | None  # (H, W) to resize to, or None
     tile: tuple[int, int] | None = None  # exact spatial tiles: how, not what (not in `options`)
+    max_memory: int | None = None  # or a budget that picks them (bytes), not in `options` either
 
     @property
     def policy_text(self) -> str:
@@ -201,6 +200,7 @@ def _make_plan(args: argparse.Namespace) -> Plan:
         hash_sources=args.hash_sources,
         size=tuple(args.size) if args.size else None,
         tile=args.tile,
+        max_memory=args.max_memory,
     )
     return Plan(sources, settings, out)
 
@@ -366,11 +366,11 @@ def prefetch(items: Iterable[Any], load: Callable[[Any], Any], depth: int = 1) -
         reader.join(timeout=5.0)
 
 
-def encode_clip(vae, clip: Clip, policy: str, tile=None) -> EncodedVideo:
+def encode_clip(vae, clip: Clip, policy: str, tile=None, max_memory=None) -> EncodedVideo:
     """The latents of clip.video as float32 on CPU. The model sees one chunk at a time; each chunk
     moves to the model's device alone."""
     with torch.inference_mode():
-        encoded = encode_video(vae.chunk_encoder(policy, tile=tile), [clip.video])
+        encoded = encode_video(vae.chunk_encoder(policy, tile=tile, max_memory=max_memory), [clip.video])
     return dataclasses.replace(encoded, mean=encoded.mean.float().cpu(), logvar=encoded.logvar.float().cpu())
 
 
@@ -498,7 +498,7 @@ def _encode_one(vae, job: Job, clip: Clip | BaseException, settings: Settings) -
 
     if isinstance(clip, BaseException):
         raise clip
-    encoded = encode_clip(vae, clip, settings.policy, settings.tile)  # (T_lat, z, h, w)
+    encoded = encode_clip(vae, clip, settings.policy, settings.tile, settings.max_memory)  # (T_lat, z, h, w)
     meta = LatentFileMeta.of(
         vae, encoded, fps=clip.fps, policy=settings.policy_text, checkpoint_sha256=settings.checkpoint_sha256,
         source=job.source, options=settings.options, source_signature=clip.signature,

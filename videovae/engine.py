@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 from torch import Tensor
@@ -34,7 +35,8 @@ from .distribution import LatentDistribution
 from .errors import OptionError, VideoLayoutError
 from .families.spec import FamilyModel
 from .layers import channels_to_time, time_to_channels
-from .tiling import Tiles, check_tile, parse_tile
+from .memory_plan import MemoryPlan, parse_memory, plan_tiles
+from .tiling import Tiles, blend_tiles, check_overlap, check_tile, parse_tile
 from .validation import check_finite_output, check_latents, check_video, warn_if_out_of_range
 
 Cast = Callable[[Tensor], Tensor]
@@ -63,8 +65,53 @@ def resolve_tile(model: FamilyModel, tile) -> tuple[int, int] | None:
     return tile
 
 
-def _tiles(model: FamilyModel, tile: tuple[int, int], height: int, width: int) -> Tiles:
-    return Tiles((height, width), tile, model.frame_layout.spatial_factor)
+class TileChoice:
+    """How each chunk is cut in space: untiled, a fixed tile (`tile`), or the plan that keeps a
+    chunk under `max_memory` bytes (`videovae.memory_plan`), made once per chunk shape.
+
+    op: "encode" or "decode". Give tile or max_memory, not both.
+    overlap: with a tile, the approximate mode instead: diffusers' tiles, each run on its own and
+        cross-faded over `overlap` pixels (`tiling.blend_tiles`); None (default): exact."""
+
+    def __init__(self, model: FamilyModel, op: str, tile=None, max_memory=None, overlap: int | None = None):
+        if tile is not None and max_memory is not None:
+            raise OptionError("give tile or max_memory, not both: max_memory picks the tile itself")
+        self.model, self.op = model, op
+        self.tile = resolve_tile(model, tile)
+        self.budget = parse_memory(max_memory) if max_memory is not None else None
+        if overlap is not None:
+            if self.tile is None:
+                raise OptionError("tile_overlap is the approximate blended tiling: it needs a tile size")
+            check_overlap(self.tile, overlap, model.frame_layout.spatial_factor)
+        self.overlap = overlap
+        self._plans: dict[tuple[int, ...], MemoryPlan] = {}
+
+    def plan(self, shape: tuple[int, ...]) -> MemoryPlan | None:
+        """The budget's plan for a chunk of channels-first `shape` (None without a budget)."""
+        if self.budget is None:
+            return None
+        if shape not in self._plans:
+            self._plans[shape] = plan_tiles(self.model, self.op, shape, self.budget)
+        return self._plans[shape]
+
+    def tile_for(self, shape: tuple[int, ...]) -> tuple[int, int] | None:
+        plan = self.plan(shape)
+        return plan.tile if plan is not None else self.tile
+
+    def run(self, x: Tensor) -> Tensor:
+        """The model's encode_chunk or decode_chunk of channels-first x, with this choice's tiles."""
+        run = self.model.encode_chunk if self.op == "encode" else self.model.decode_chunk
+        tile = self.tile_for(tuple(x.shape))
+        if tile is None:
+            return run(x)
+        s = self.model.frame_layout.spatial_factor
+        if self.overlap is not None:  # tile and overlap are output pixels for a decoder, input ones for an encoder
+            f = 1 if self.op == "encode" else s
+            window = (tile[0] // f, tile[1] // f)
+            stride = ((tile[0] - self.overlap) // f, (tile[1] - self.overlap) // f)
+            return blend_tiles(run, x, window, stride, Fraction(1, s) if self.op == "encode" else s)
+        size = x.shape[-2:] if self.op == "encode" else (x.shape[-2] * s, x.shape[-1] * s)
+        return run(x, Tiles(tuple(size), tile, s))
 
 
 def read_frames(model: FamilyModel) -> int:
@@ -79,10 +126,11 @@ class ChunkEncoder:
     trimmed in time. Holds at most one chunk of frames.
     """
 
-    def __init__(self, model: FamilyModel, policy: FramePolicy | str | None = None, *, cast: Cast = _same, tile=None):
+    def __init__(self, model: FamilyModel, policy: FramePolicy | str | None = None, *, cast: Cast = _same, tile=None,
+                 max_memory=None, tile_overlap: int | None = None):
         self.model = model
         self.policy = FramePolicy.coerce(policy)
-        self.tile = resolve_tile(model, tile)
+        self.tiles = TileChoice(model, "encode", tile, max_memory, tile_overlap)
         self.cast = cast  # input -> the model's dtype and device
         self._chunks = Rechunker(encode_window(model))
         self._warned = False
@@ -123,10 +171,7 @@ class ChunkEncoder:
 
     def _encode_chunk(self, x: Tensor) -> Tensor:
         """x: (B, T, C, H, W), one exact chunk in the model's dtype -> moments (B, T_lat, 2z, h, w)."""
-        x = time_to_channels(x)
-        if self.tile is None:
-            return channels_to_time(self.model.encode_chunk(x))
-        return channels_to_time(self.model.encode_chunk(x, _tiles(self.model, self.tile, *x.shape[-2:])))
+        return channels_to_time(self.tiles.run(time_to_channels(x)))
 
 
 def _extend(whole: PadRecord, chunk: PadRecord) -> PadRecord:
@@ -177,13 +222,16 @@ class ChunkDecoder:
         `resolve_window`); None decodes the family's chunks, or gathers the whole clip.
     num_frames: cut the output after this many frames.
     tile: decode each chunk tile by tile, tiles of (height, width) output pixels (exact).
+    max_memory: or let the tiles be planned to keep each chunk under this many bytes (`TileChoice`).
+    tile_overlap: with tile, diffusers' approximate blended tiles instead of exact ones (`TileChoice`).
     Outputs come back in the latents' dtype and on their device.
     """
 
     def __init__(self, model: FamilyModel, *, blend: bool | None = None, window: tuple[int, int] | None = None,
-                 num_frames: int | None = None, cast: Cast = _same, tile=None):
+                 num_frames: int | None = None, cast: Cast = _same, tile=None, max_memory=None,
+                 tile_overlap: int | None = None):
         self.model = model
-        self.tile = resolve_tile(model, tile)
+        self.tiles = TileChoice(model, "decode", tile, max_memory, tile_overlap)
         self.cast = cast
         self.num_frames = num_frames
         self.blend = resolve_blend(model, blend)
@@ -230,11 +278,7 @@ class ChunkDecoder:
 
     def _decode_chunk(self, z: Tensor) -> Tensor:
         """z: (B, T_lat, z, h, w), one chunk or window in the model's dtype -> (B, T, C, H, W)."""
-        z = time_to_channels(z)
-        if self.tile is None:
-            return channels_to_time(self.model.decode_chunk(z))
-        s = self.model.frame_layout.spatial_factor
-        return channels_to_time(self.model.decode_chunk(z, _tiles(self.model, self.tile, z.shape[-2] * s, z.shape[-1] * s)))
+        return channels_to_time(self.tiles.run(time_to_channels(z)))
 
     def _emit(self, pieces: list[Tensor]) -> Tensor:
         like = self._like

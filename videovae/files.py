@@ -154,7 +154,8 @@ def run_reconstruct(
     info = probe(src)
     total = _frames_to_read(info, start_frame, max_frames)
     frames_out, height, width = _plan(vae, total, info.height, info.width, policy)
-    tile_note = tiles_text(vae, (stream_options or {}).get("tile"), height, width)  # a bad tile fails here
+    tiling = {k: v for k, v in (stream_options or {}).items() if k in ("tile", "max_memory")}
+    tile_note = tiles_text(vae, height, width, frames=frames_out, ops=("encode", "decode"), **tiling)  # a bad tile fails here
     metrics = RunningMetrics(compute_ssim=min(height, width) >= SSIM_WINDOW)
     writer_options = dict(quality=quality, lossless=lossless, rotation=info.rotation)
     with contextlib.ExitStack() as stack:
@@ -222,11 +223,11 @@ def run_reconstruct(
 
 def encode_file(
     vae, src: Path, *, policy=None, start_frame: int = 0, max_frames: int | None = None, progress: bool = True,
-    tile=None,
+    tile=None, max_memory=None,
 ):
     """Encode the video file `src`, streaming, one chunk in memory at a time: an EncodedVideo with
     mean and logvar (T_lat, z, h, w), and the frames and size those latents decode back to.
-    tile: exact spatial tiles (`VideoVAE.encode`), counted on the progress line."""
+    tile, max_memory: exact spatial tiles (`VideoVAE.encode`), counted on the progress line."""
     from .chunking import FramePolicy
     from .engine import encode_video, read_frames
     from .progress import Progress
@@ -235,17 +236,25 @@ def encode_file(
     policy = FramePolicy.coerce(policy)
     info = probe(src)
     total = _frames_to_read(info, start_frame, max_frames)
-    _, height, width = _plan(vae, total, info.height, info.width, policy)  # a strict policy fails here, before any work
-    encoder = vae.chunk_encoder(policy, tile=tile)  # a bad tile too
+    frames_out, height, width = _plan(vae, total, info.height, info.width, policy)  # a strict policy fails here, before any work
+    tile_note = tiles_text(vae, height, width, frames=frames_out, ops=("encode",), tile=tile, max_memory=max_memory)  # a bad tile too
+    encoder = vae.chunk_encoder(policy, tile=tile, max_memory=max_memory)
     pieces = read_chunks(src, read_frames(vae.model), start_frame=start_frame, max_frames=max_frames)
     with Progress(total, label="encode", enabled=progress) as bar:
-        bar.postfix = tiles_text(vae, tile, height, width)
+        bar.postfix = tile_note
         return encode_video(encoder, pieces, on_chunk=bar.update)
 
 
-def tiles_text(vae, tile, height: int, width: int) -> str:
-    """'16 tiles per chunk' for the progress line, or '' for one tile (untiled)."""
-    count = vae.tile_count(tile, height, width)
+def tiles_text(vae, height: int, width: int, *, frames: int, ops=("decode",), tile=None, max_memory=None) -> str:
+    """'16 tiles per chunk' for the progress line, or '' for one tile (untiled). With max_memory,
+    the plans of `ops` for a chunk of (at most) `frames` frames are made here, so that a budget
+    below the minimum fails before any work; the count is the finest plan's."""
+    if max_memory is None:
+        count = vae.tile_count(tile, height, width)
+    else:
+        chunk = min(frames, vae.frames_per_chunk or frames)
+        plans = [vae.memory_plan(op, height, width, max_memory, frames=chunk) for op in ops]
+        count = max(vae.tile_count(plan.tile, height, width) for plan in plans)
     return f"{count} tiles per chunk" if count > 1 else ""
 
 

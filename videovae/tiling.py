@@ -252,3 +252,63 @@ def _window(t: Tensor, H: int, box: tuple[int, int, int, int]) -> Tensor:
     r = Fraction(t.shape[-2], H)
     y0, y1, x0, x1 = (int(b * r) for b in box)
     return t[..., y0:y1, x0:x1]
+
+
+# ------------------------------------------------------------------------------------------------
+# The approximate mode: diffusers' overlapping tiles, cross-faded
+
+
+def check_overlap(tile: tuple[int, int], overlap: int, align: int) -> None:
+    """Blended tiles overlap by `overlap` pixels: a multiple of the spatial factor, less than the tile."""
+    if not isinstance(overlap, int) or isinstance(overlap, bool) or overlap < 0:
+        raise OptionError(f"tile_overlap must be a non-negative int (pixels); got {overlap!r}")
+    if overlap % align:
+        raise OptionError(f"tile_overlap {overlap} is not a multiple of this model's spatial factor {align}")
+    if overlap >= min(tile):
+        raise OptionError(f"tile_overlap {overlap} must be smaller than the tile {tile[0]}x{tile[1]}")
+
+
+def blend_tiles(fn: Callable[[Tensor], Tensor], x: Tensor, tile: tuple[int, int], stride: tuple[int, int],
+                scale: Fraction | int) -> Tensor:
+    """diffusers' tiled encode/decode: fn on overlapping windows of x, each on its own (its norms
+    take the window's statistics), cross-faded linearly where they overlap. Approximate.
+
+    x: (B, C, T, H, W); tile, stride: window size and step in x's pixels; scale: fn's output size
+    per input pixel (the spatial factor for a decoder, its inverse for an encoder). Each output
+    tile is blended with its upper and left neighbours over (tile - stride) * scale rows / columns
+    and cut to stride * scale; one row of tiles is held at a time.
+    """
+    H, W = x.shape[-2:]
+    out_tile = (int(tile[0] * scale), int(tile[1] * scale))
+    out_stride = (int(stride[0] * scale), int(stride[1] * scale))
+    extent = (out_tile[0] - out_stride[0], out_tile[1] - out_stride[1])
+    rows, above = [], None
+    for top in range(0, H, stride[0]):
+        row = [fn(x[..., top : top + tile[0], left : left + tile[1]]) for left in range(0, W, stride[1])]
+        kept = []
+        for j, current in enumerate(row):
+            if above is not None:
+                current = _fade(above[j], current, extent[0], dim=-2)
+            if j > 0:
+                current = _fade(row[j - 1], current, extent[1], dim=-1)
+            row[j] = current
+            kept.append(current[..., : out_stride[0], : out_stride[1]])
+        rows.append(torch.cat(kept, dim=-1))
+        above = row
+    return torch.cat(rows, dim=-2)[..., : int(H * scale), : int(W * scale)]
+
+
+def _fade(before: Tensor, after: Tensor, extent: int, dim: int) -> Tensor:
+    """after with its first `extent` rows (dim -2) or columns (dim -1) faded in linearly from the
+    last ones of before (diffusers' blend_v / blend_h)."""
+    extent = min(extent, before.shape[dim], after.shape[dim])
+    if extent == 0:
+        return after
+    ramp = torch.arange(extent, device=after.device, dtype=torch.float32) / extent  # 0 .. (extent-1)/extent
+    shape = [1] * after.ndim
+    shape[dim] = extent
+    ramp = ramp.view(shape).to(after.dtype)
+    head = after.narrow(dim, 0, extent)
+    tail = before.narrow(dim, before.shape[dim] - extent, extent)
+    faded = tail * (1 - ramp) + head * ramp
+    return torch.cat([faded, after.narrow(dim, extent, after.shape[dim] - extent)], dim=dim)

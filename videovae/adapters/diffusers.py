@@ -27,12 +27,13 @@ from torch import Tensor, nn
 
 from ..api import VideoVAE
 from ..errors import OptionError, UsageError, VideoLayoutError
-from ..engine import resolve_tile
+from ..engine import TileChoice, resolve_tile
 
 # diffusers' tile size when a pipeline calls enable_tiling() with no arguments (Wan, HunyuanVideo)
 DEFAULT_TILE = 256
 # the tiling arguments of diffusers' video VAEs (Wan, HunyuanVideo, CogVideoX, LTX): videovae's
-# tiles are exact, so the strides and overlaps that set their cross-fades change nothing here
+# tiles are exact, so the strides and overlaps that set their cross-fades change nothing here,
+# unless enable_tiling(exact=False) asks for diffusers' blended tiles
 _TILE_OVERLAP_ARGUMENTS = (
     "tile_sample_stride_height", "tile_sample_stride_width", "tile_sample_stride_num_frames",
     "tile_sample_min_num_frames", "tile_overlap_factor_height", "tile_overlap_factor_width",
@@ -171,6 +172,7 @@ class _Face(nn.Module):
         self.use_slicing = False
         self.use_tiling = False
         self.tile: tuple[int, int] | None = None
+        self.tile_overlap: int | None = None  # blended (approximate) tiles, enable_tiling(exact=False)
 
     @classmethod
     def from_pretrained(
@@ -214,20 +216,34 @@ class _Face(nn.Module):
         self.use_slicing = False
 
     def enable_tiling(self, tile_sample_min_height: int | None = None, tile_sample_min_width: int | None = None,
-                      **overlaps: Any) -> None:
+                      *, exact: bool = True, **overlaps: Any) -> None:
         """Encode and decode tile by tile in space, tiles of tile_sample_min_height x
         tile_sample_min_width pixels (default 256, diffusers' default; multiples of
-        `spatial_compression_ratio`). Exact: the result equals the untiled one up to float
-        rounding (`videovae.tiling`), so the strides and overlap factors diffusers' VAEs take
-        (tile_sample_stride_height, ...) are accepted and change nothing."""
+        `spatial_compression_ratio`). Exact by default: the result equals the untiled one up to
+        float rounding (`videovae.tiling`), so the strides and overlap factors diffusers' VAEs take
+        (tile_sample_stride_height, ...) are accepted and change nothing.
+
+        exact=False: diffusers' own approximate tiling instead, tiles run on their own and
+        cross-faded over tile - tile_sample_stride_* pixels (default stride: 3/4 of the tile, as
+        Wan and HunyuanVideo); both axes must overlap by the same amount."""
         unknown = sorted(set(overlaps) - set(_TILE_OVERLAP_ARGUMENTS))
         if unknown:
             raise OptionError(
                 f"enable_tiling got unknown arguments {', '.join(unknown)}; it takes tile_sample_min_height, "
-                f"tile_sample_min_width and diffusers' {', '.join(_TILE_OVERLAP_ARGUMENTS)}"
+                f"tile_sample_min_width, exact and diffusers' {', '.join(_TILE_OVERLAP_ARGUMENTS)}"
             )
-        tile = (tile_sample_min_height or DEFAULT_TILE, tile_sample_min_width or DEFAULT_TILE)
-        self.tile, self.use_tiling = resolve_tile(self.vae.model, tile), True
+        tile = resolve_tile(self.vae.model, (tile_sample_min_height or DEFAULT_TILE, tile_sample_min_width or DEFAULT_TILE))
+        overlap = None
+        if not exact:
+            strides = (overlaps.get("tile_sample_stride_height") or tile[0] * 3 // 4,
+                       overlaps.get("tile_sample_stride_width") or tile[1] * 3 // 4)
+            overlap_hw = {tile[0] - strides[0], tile[1] - strides[1]}
+            if len(overlap_hw) != 1:
+                raise OptionError(f"enable_tiling(exact=False): tiles {tile[0]}x{tile[1]} with strides {strides[0]}x{strides[1]} "
+                                  "overlap differently in height and width; give strides with one overlap")
+            overlap = overlap_hw.pop()
+            TileChoice(self.vae.model, "decode", tile, overlap=overlap)  # refuses a bad overlap now
+        self.tile, self.tile_overlap, self.use_tiling = tile, overlap, True
 
     def disable_tiling(self) -> None:
         self.use_tiling = False
@@ -252,16 +268,16 @@ class _Face(nn.Module):
 
     def _encode_video(self, video: Tensor) -> tuple[Tensor, Tensor]:
         """video (B, T, C, H, W) -> mean, logvar (B, T_lat, z, h, w), in the input's dtype."""
-        posteriors = [self.vae.encode(piece, tile=self._tile) for piece in self._slices(video)]
+        posteriors = [self.vae.encode(piece, **self._tiling) for piece in self._slices(video)]
         return torch.cat([p.mean for p in posteriors]), torch.cat([p.logvar for p in posteriors])
 
     def _decode_video(self, z: Tensor) -> Tensor:
         """z (B, T_lat, z, h, w) -> video (B, T, C, H, W), in z's dtype."""
-        return torch.cat([self.vae.decode(piece, tile=self._tile) for piece in self._slices(z)])
+        return torch.cat([self.vae.decode(piece, **self._tiling) for piece in self._slices(z)])
 
     @property
-    def _tile(self) -> tuple[int, int] | None:
-        return self.tile if self.use_tiling else None
+    def _tiling(self) -> dict:
+        return {"tile": self.tile, "tile_overlap": self.tile_overlap} if self.use_tiling else {}
 
 
 class SVDFace(_Face):
