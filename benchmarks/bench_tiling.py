@@ -115,6 +115,7 @@ def main() -> int:
     p.add_argument("--op", nargs="+", default=["decode", "encode"], choices=["decode", "encode"])
     p.add_argument("--widths", choices=["reduced", "full"], default="reduced")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-blend", action="store_true", help="skip the blended-tiles runs (the slow sizes)")
     p.add_argument("--blend-error", action="store_true",
                    help="also: the error of blended tiles against exact ones, on the shipped demo model's held-out clip")
     p.add_argument("--max-memory", nargs="*", type=float, default=None, metavar="X",
@@ -139,7 +140,7 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, op, size, base in _cases(args):
         plain, exact = run_case({**base, "mode": "untiled"}), run_case({**base, "mode": "exact"})
-        blend = run_case({**base, "mode": "blend"})
+        blend = {} if args.no_blend else run_case({**base, "mode": "blend"})
         row = {"model": name, "widths": args.widths, "op": op, "size": size, "tile": args.tile,
                "untiled": plain, "exact": exact, "blend": blend}
         rows.append(row)

@@ -59,6 +59,15 @@ def test_bench_tiling_writes_its_table_and_json(tmp_path):
     assert "| v2 | decode | 32x32 |" in out.with_suffix(".md").read_text()
 
 
+def test_bench_tiling_no_blend_skips_the_blended_runs(tmp_path):
+    out = tmp_path / "tiling"
+    done = run("bench_tiling.py", "--models", "v1", "--sizes", "32", "--tile", "16", "--op", "encode",
+               "--threads", "1", "--no-blend", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads(out.with_suffix(".json").read_text())
+    assert row["blend"] == {} and row["exact"]["tiles"] == 4 and "memory_ratio" in row
+
+
 def test_bench_tiling_budget_runs_report_the_plan_and_the_measured_peak(tmp_path):
     out = tmp_path / "tiling"
     done = run("bench_tiling.py", "--models", "v1", "--sizes", "32", "--op", "encode", "--threads", "1",
