@@ -160,10 +160,13 @@ def group_norm_functional(
 def native_group_norm_view(x: Tensor, per_frame: bool) -> Tensor | None:
     """A view of x on which PyTorch's native F.group_norm computes this op's statistics, or None.
 
-    x: (B, C, T, H, W). Per clip: x itself when contiguous. Per frame: (B*T, C, H, W), a view only
-    for channels-last-3d x (a channels-last 2D batch of frames). 4D input: x itself.
+    x: (B, C, T, H, W). Per clip: x itself when contiguous or channels-last-3d (native has a
+    channels-last kernel: 9x faster than the reference's reductions over outer dims). Per frame:
+    (B*T, C, H, W), a view only for channels-last-3d x (a channels-last 2D batch of frames). 4D
+    input: x itself.
     """
-    if x.ndim == 4 or (not per_frame and x.is_contiguous()):
+    dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last_3d)
+    if x.ndim == 4 or (not per_frame and dense):
         return x
     if per_frame and x.is_contiguous(memory_format=torch.channels_last_3d):
         return x.transpose(1, 2).flatten(0, 1)  # (B*T, C, H, W), channels-last strides

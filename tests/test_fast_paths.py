@@ -39,6 +39,39 @@ def test_upsample_conv_by_phases_equals_upsample_then_conv(shape):
     assert torch.equal(add_upsampled_(h.clone(), x, time=True), h + u)
 
 
+def test_upsample_conv_and_add_keep_a_channels_last_layout():
+    """A channels-last input gives a channels-last output of the same values (4D frames and 5D clips)."""
+    g = torch.Generator().manual_seed(1)
+    w3, w2, b = torch.randn(6, 4, 3, 3, 3, generator=g), torch.randn(6, 4, 1, 3, 3, generator=g), torch.randn(6, generator=g)
+    frames = torch.randn(3, 4, 5, 7, generator=g)
+    cl = upsample2x_conv(frames.contiguous(memory_format=torch.channels_last), w2, b, time=False)
+    assert cl.is_contiguous(memory_format=torch.channels_last) and not cl.is_contiguous()
+    assert torch.allclose(cl, upsample2x_conv(frames, w2, b, time=False), atol=1e-5)
+    clip = torch.randn(2, 4, 3, 5, 6, generator=g)
+    cl3 = upsample2x_conv(clip.contiguous(memory_format=torch.channels_last_3d), w3, b, time=True)
+    assert cl3.is_contiguous(memory_format=torch.channels_last_3d) and not cl3.is_contiguous()
+    assert torch.allclose(cl3, upsample2x_conv(clip, w3, b, time=True), atol=1e-5)
+    h = torch.randn(2, 4, 6, 10, 12, generator=g)
+    expected = h + F.interpolate(clip, scale_factor=2, mode="nearest")
+    assert torch.equal(add_upsampled_(h.contiguous(memory_format=torch.channels_last_3d), clip, time=True), expected)
+
+
+def test_svd_decoder_in_channels_last_equals_the_contiguous_one():
+    """The SVD decoder runs channels-last by default; its output is contiguous and equals the
+    contiguous-layout decoder's."""
+    from videovae.families.svd import SVDVAE, SVDConfig
+
+    torch.manual_seed(0)
+    model = SVDVAE(SVDConfig(block_out_channels=(32, 64), layers_per_block=2)).eval()
+    z = torch.randn(1, 4, 3, 6, 5)
+    with torch.no_grad():
+        fast = model.decode_chunk(z)
+        model.decoder.channels_last = False
+        plain = model.decode_chunk(z)
+    assert fast.transpose(1, 2).is_contiguous() == plain.transpose(1, 2).is_contiguous()
+    assert (fast - plain).abs().max() < 1e-5
+
+
 @pytest.mark.parametrize("version", [1, 2])
 def test_decoder_by_phases_equals_plain_decoder(version):
     vae = videovae.load(stepvideo_weights(version), dtype=torch.float32)

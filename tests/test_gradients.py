@@ -197,6 +197,32 @@ def test_svd_parameter_gradients_through_triton_equal_torch(monkeypatch, svd):
         model.zero_grad(set_to_none=True)
 
 
+def test_svd_channels_last_decoder_has_the_contiguous_gradients(svd):
+    """The default channels-last decoder (fused conv-adds, the time mix as one sum) differentiates
+    like the contiguous one, which blends the two paths as diffusers writes it."""
+    model = svd.model
+    model.requires_grad_(True)
+    try:
+        torch.manual_seed(0)
+        z = torch.randn(1, model.latent_channels, 3, 4, 4)
+
+        def grads():
+            model.zero_grad(set_to_none=True)
+            y = model.decode_chunk(z)
+            (y * torch.linspace(-1, 1, y.numel()).view(y.shape)).sum().backward()
+            return {n: p.grad for n, p in model.decoder.named_parameters()}
+
+        fast = grads()
+        model.decoder.channels_last = False
+        plain = grads()
+        assert [n for n, g in fast.items() if g is None] == []
+        _assert_same_parameter_grads(fast, plain)
+    finally:
+        model.decoder.channels_last = True
+        model.requires_grad_(False)
+        model.zero_grad(set_to_none=True)
+
+
 def test_training_step_on_the_triton_path_changes_every_parameter(monkeypatch, tmp_path):
     from videovae.training.trainer import TrainOptions, TrainRun
 

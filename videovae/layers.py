@@ -49,9 +49,7 @@ def pad_time_front(x: Tensor, frames: int) -> Tensor:
 
 
 def _memory_format_of(x: Tensor) -> torch.memory_format:
-    if x.ndim == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
-        return torch.channels_last_3d
-    return torch.contiguous_format
+    return torch.channels_last_3d if x.ndim == 5 and is_channels_last(x) else torch.contiguous_format
 
 
 class CausalConv3d(nn.Module):
@@ -249,11 +247,21 @@ def clip_to_folded(x: Tensor) -> Tensor:
 
 
 def folded_to_clip(x: Tensor, num_frames: int, *, contiguous: bool = True) -> Tensor:
-    """Folded (B*T, C, H, W) -> clip (B, C, T, H, W): one copy into a contiguous clip (what Conv3d
-    and the fused norm take), or with contiguous=False a strided view (for an output whose consumer
-    transposes back to (B, T, C, H, W))."""
+    """Folded (B*T, C, H, W) -> clip (B, C, T, H, W): a dense clip (what Conv3d and the fused norm
+    take), or with contiguous=False a strided view (for an output whose consumer transposes back to
+    (B, T, C, H, W)). Channels-last frames give a channels-last-3d clip, which is the same memory:
+    a view, no copy; other frames are copied into a contiguous clip."""
     clip = rearrange(x, "(b t) c h w -> b c t h w", t=num_frames)
-    return clip.contiguous() if contiguous else clip
+    if not contiguous:
+        return clip
+    return clip.contiguous(memory_format=torch.channels_last_3d if is_channels_last(x) else torch.contiguous_format)
+
+
+def is_channels_last(x: Tensor) -> bool:
+    """True for a channels-last (N, C, H, W) or channels-last-3d (B, C, T, H, W) tensor that is not
+    also plain contiguous (as size-1 dims can make it)."""
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.ndim)
+    return fmt is not None and not x.is_contiguous() and x.is_contiguous(memory_format=fmt)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -307,7 +315,12 @@ def upsample2x_conv(x: Tensor, weight: Tensor, bias: Tensor | None, *, time: boo
     # Low-res zero padding: one frame in front (causal) and one row/column on each side.
     xp = F.pad(clip, (1, 1, 1, 1, 1 if time else 0, 0))
     pt_count = 2 if time else 1
-    out = x.new_empty((B, C_out, T, pt_count, H, 2, W, 2))  # phases interleave on the view below
+    # (B, C_out, T, pt, H, 2, W, 2): the phases interleave on the view below; channels-last in
+    # memory for a channels-last input, so that the output keeps the input's layout.
+    if is_channels_last(clip):
+        out = x.new_empty((B, T, pt_count, H, 2, W, 2, C_out)).permute(0, 7, 1, 2, 3, 4, 5, 6)
+    else:
+        out = x.new_empty((B, C_out, T, pt_count, H, 2, W, 2))
     for (pt, ph, pw), kernel in _phase_kernels(weight, time):
         window = xp[:, :, :, ph : ph + H + 1, pw : pw + W + 1]  # phase ph starts at low-res row i-1+ph
         if image:  # conv2d: a one-frame conv3d runs PyTorch's slow reference kernel on CPU
@@ -321,9 +334,12 @@ def upsample2x_conv(x: Tensor, weight: Tensor, bias: Tensor | None, *, time: boo
 def add_upsampled_(h: Tensor, x: Tensor, *, time: bool) -> Tensor:
     """h += nearest_x2(x) in place, without materialising the upsampled x.
 
-    h: (B, C, 2T or T, 2H, 2W) contiguous; x: (B, C, T, H, W).
+    h: (B, C, 2T or T, 2H, 2W), contiguous or channels-last-3d; x: (B, C, T, H, W), any layout.
     """
     B, C, T, H, W = x.shape
     pt = 2 if time else 1
-    h.view(B, C, T, pt, H, 2, W, 2).add_(x.view(B, C, T, 1, H, 1, W, 1))
+    if is_channels_last(h):  # split the dims of the (B, T, H, W, C) memory
+        h.permute(0, 2, 3, 4, 1).view(B, T, pt, H, 2, W, 2, C).add_(x.permute(0, 2, 3, 4, 1).reshape(B, T, 1, H, 1, W, 1, C))
+    else:
+        h.view(B, C, T, pt, H, 2, W, 2).add_(x.reshape(B, C, T, 1, H, 1, W, 1))
     return h

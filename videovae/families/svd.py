@@ -29,8 +29,8 @@ from torch import Tensor, nn
 
 from ..chunking import FrameLayout
 from ..errors import CheckpointMismatchError, OptionError
-from ..conv3d import Conv3d
-from ..layers import Downsample2d, GroupNorm, Upsample2d, clip_to_folded, folded_to_clip, self_attention
+from ..conv3d import Conv3d, conv_add_
+from ..layers import Downsample2d, GroupNorm, Upsample2d, clip_to_folded, folded_to_clip, is_channels_last, self_attention
 from ..tiling import Tiles
 from .spec import Capabilities, FamilyModel, block_indices
 
@@ -137,10 +137,10 @@ class ResnetBlock2D(nn.Module):
         self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x: Tensor) -> Tensor:
+        """x is consumed: without a shortcut conv, its memory holds the output."""
         h = self.conv1(self.norm1(x, silu=True))
-        h = self.conv2(self.norm2(h, silu=True))
         skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
-        return skip + h
+        return conv_add_(skip, self.norm2(h, silu=True), self.conv2)  # skip + conv2(...), one fused pass
 
     def tiled(self, x: Tensor, tiles: Tiles) -> Tensor:
         """forward tile by tile (`Tiles.resnet`); x is consumed."""
@@ -206,9 +206,20 @@ class SpatioTemporalResBlock(nn.Module):
         self.time_mixer = TimeMixer()
 
     def forward(self, x: Tensor, num_frames: int) -> Tensor:
+        """x is consumed (its memory may hold the output).
+
+        The mix of spatial s and temporal s + h is s + m * h (m the mixer's share): for
+        channels-last frames, whose clip is a view of the same memory, that is one fused conv-add
+        into s; otherwise the two paths and the blend as diffusers writes them."""
         spatial = self.spatial_res_block(x)  # (B*T, C, H, W)
-        temporal = self.temporal_res_block(folded_to_clip(spatial, num_frames))  # (B, C, T, H, W)
-        return self.time_mixer(spatial, clip_to_folded(temporal))  # (B*T, C, H, W), spatial's layout
+        clip = folded_to_clip(spatial, num_frames)  # (B, C, T, H, W): a view when channels-last
+        if clip.data_ptr() == spatial.data_ptr() and is_channels_last(clip):
+            temporal = self.temporal_res_block
+            h = temporal.conv1(temporal.norm1(clip, silu=True))
+            share = torch.sigmoid(self.time_mixer.mix_factor)
+            mixed = conv_add_(clip, temporal.norm2(h, silu=True), temporal.conv2, scale=share)  # into spatial
+            return clip_to_folded(mixed)
+        return self.time_mixer(spatial, clip_to_folded(self.temporal_res_block(clip)))  # spatial's layout
 
     def tiled(self, x: Tensor, num_frames: int, tiles: Tiles) -> Tensor:
         spatial = self.spatial_res_block.tiled(x, tiles)
@@ -368,8 +379,15 @@ class TemporalDecoder(nn.Module):
         self.conv_norm_out = GroupNorm(widths[-1], groups, SPATIAL_EPS)
         self.conv_out = nn.Conv2d(widths[-1], cfg.out_channels, 3, padding=1)
         self.time_conv_out = Conv3d(cfg.out_channels, cfg.out_channels, (3, 1, 1), padding=(1, 0, 0))
+        self.channels_last = True
 
     def forward(self, z: Tensor, num_frames: int, tiles: Tiles | None = None) -> Tensor:
+        """channels_last (default): the activations are channels-last from conv_in to conv_out (the
+        layout oneDNN's convolutions run fastest in, and the folded frames and the clips of the
+        temporal blocks are then views of one another: no copy between them); the output is
+        contiguous either way."""
+        if self.channels_last:
+            z = z.contiguous(memory_format=torch.channels_last)
         if tiles is not None:
             return self._tiled(z, num_frames, tiles)
         h = self.mid_block(self.conv_in(z), num_frames)
@@ -377,7 +395,7 @@ class TemporalDecoder(nn.Module):
             h = block(h, num_frames)
         h = self.conv_out(self.conv_norm_out(h, silu=True))  # (B*T, out, H, W)
         clip = self.time_conv_out(folded_to_clip(h, num_frames))  # (B, out, T, H, W)
-        return clip_to_folded(clip)
+        return clip_to_folded(clip.contiguous())
 
     def _tiled(self, z: Tensor, num_frames: int, tiles: Tiles) -> Tensor:
         h = self.mid_block.tiled(tiles.map(self.conv_in, z, halo=1), num_frames, tiles)
