@@ -92,7 +92,7 @@ def measure_copy_bandwidth(device: torch.device, repeats: int, nbytes: int = 1 <
 
 def setup(shape, dtype: torch.dtype, device: torch.device) -> dict:
     """Inputs and the implementations to time on this device: one place for speed and memory."""
-    from videovae_kernels import group_norm, group_norm_torch
+    from videovae_kernels import GroupNormSpec, group_norm, group_norm_torch
 
     gen = torch.Generator().manual_seed(0)
     x = (torch.randn(shape, generator=gen) * 2 + 0.5).to(device=device, dtype=dtype)
@@ -106,10 +106,10 @@ def setup(shape, dtype: torch.dtype, device: torch.device) -> dict:
         from videovae_kernels.group_norm_triton import group_norm_triton
 
         impls["fused Triton op"] = (
-            lambda: group_norm_triton(x, GROUPS, w, b, 1e-5, per_frame=False, silu=True, residual=None, front_pad=0),
+            lambda: group_norm_triton(x, w, b, GroupNormSpec(GROUPS, 1e-5, silu=True)),
             3 * n * e,
         )
-    impls["fused PyTorch reference"] = (lambda: group_norm_torch(x, GROUPS, w, b, 1e-5, silu=True), reference_bytes(n, e))
+    impls["fused PyTorch reference"] = (lambda: group_norm_torch(x, w, b, GroupNormSpec(GROUPS, 1e-5, silu=True)), reference_bytes(n, e))
     if device.type != "cuda":
         # What the models run on CPU: the dispatcher's lean path (native norm + in-place SiLU here).
         impls["videovae op, CPU dispatch"] = (lambda: group_norm(x, GROUPS, w, b, 1e-5, silu=True), 5 * n * e)

@@ -2,6 +2,6 @@
 its PyTorch reference beside it and a dispatcher that picks Triton for CUDA tensors."""
 
 from .group_norm import backend_for, group_norm
-from .group_norm_torch import group_norm_torch
+from .group_norm_torch import GroupNormSpec, group_norm_torch
 
-__all__ = ["backend_for", "group_norm", "group_norm_torch"]
+__all__ = ["GroupNormSpec", "backend_for", "group_norm", "group_norm_torch"]

@@ -19,7 +19,7 @@ from torch import Tensor
 
 import torch
 
-from .group_norm_torch import group_norm_cpu, group_norm_differentiable
+from .group_norm_torch import GroupNormSpec, group_norm_cpu, group_norm_differentiable
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -92,15 +92,15 @@ def group_norm(
     Statistics and arithmetic are float32.
     """
     check_group_norm_args(x, num_groups, weight, bias, per_frame, residual, front_pad)
-    kwargs = dict(per_frame=per_frame, silu=silu, residual=residual, front_pad=front_pad)
+    spec = GroupNormSpec(num_groups, eps, per_frame=per_frame, silu=silu, front_pad=front_pad)
     grad = needs_grad(x, weight, bias, residual)
     if backend_for(x) == "triton":
         from .group_norm_triton import group_norm_triton, group_norm_triton_autograd
 
         run = group_norm_triton_autograd if grad else group_norm_triton
-        return run(x, num_groups, weight, bias, eps, **kwargs)
+        return run(x, weight, bias, spec, residual)
     run = group_norm_differentiable if grad else group_norm_cpu
-    return run(x, num_groups, weight, bias, eps, **kwargs)
+    return run(x, weight, bias, spec, residual)
 
 
 def needs_grad(*tensors: Tensor | None) -> bool:

@@ -15,9 +15,26 @@ the output has the input's dtype and memory format (contiguous or channels-last-
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 from torch.nn import functional as F
+
+NormResult = Tensor | tuple[Tensor, Tensor]  # y, or (y, x + residual)
+
+
+@dataclass(frozen=True)
+class GroupNormSpec:
+    """What the fused op computes, besides its tensors (the semantics above): `num_groups` groups,
+    `eps`, statistics per frame or per clip, SiLU after the affine, `front_pad` zero frames in front
+    of the output. Every backend takes (x, weight, bias, spec, residual)."""
+
+    num_groups: int
+    eps: float = 1e-5
+    per_frame: bool = False
+    silu: bool = False
+    front_pad: int = 0
 
 
 def output_memory_format(x5: Tensor) -> torch.memory_format:
@@ -48,27 +65,16 @@ def _group_stat(t: Tensor, G: int, per_frame: bool, reduce) -> Tensor:
     return per_c.unflatten(1, (G, C // G)).sum(2, keepdim=True)[..., None, None]
 
 
-def group_norm_torch(
-    x: Tensor,
-    num_groups: int,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    eps: float = 1e-5,
-    *,
-    per_frame: bool = False,
-    silu: bool = False,
-    residual: Tensor | None = None,
-    front_pad: int = 0,
-) -> Tensor | tuple[Tensor, Tensor]:
+def group_norm_torch(x: Tensor, weight: Tensor | None, bias: Tensor | None, spec: GroupNormSpec,
+                     residual: Tensor | None = None) -> NormResult:
     """Fused group norm on x: (B, C, T, H, W) or (N, C, H, W). Returns y, or (y, x + residual).
 
     Under torch.compile this runs `group_norm_functional` instead (Dynamo refuses the in-place
     writes into views below; Inductor fuses the functional form itself).
     """
+    num_groups, eps, per_frame, silu, front_pad = spec.num_groups, spec.eps, spec.per_frame, spec.silu, spec.front_pad
     if torch.compiler.is_compiling():
-        return group_norm_functional(
-            x, num_groups, weight, bias, eps, per_frame=per_frame, silu=silu, residual=residual, front_pad=front_pad
-        )
+        return group_norm_functional(x, weight, bias, spec, residual)
     summed = None
     if residual is not None:
         summed = x + residual
@@ -118,19 +124,10 @@ def group_norm_torch(
     return out if summed is None else (out, summed)
 
 
-def group_norm_functional(
-    x: Tensor,
-    num_groups: int,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    eps: float = 1e-5,
-    *,
-    per_frame: bool = False,
-    silu: bool = False,
-    residual: Tensor | None = None,
-    front_pad: int = 0,
-) -> Tensor | tuple[Tensor, Tensor]:
+def group_norm_functional(x: Tensor, weight: Tensor | None, bias: Tensor | None, spec: GroupNormSpec,
+                          residual: Tensor | None = None) -> NormResult:
     """The same op without in-place writes into views, for torch.compile (float32 statistics)."""
+    num_groups, eps, per_frame, silu, front_pad = spec.num_groups, spec.eps, spec.per_frame, spec.silu, spec.front_pad
     summed = x + residual if residual is not None else None
     x = summed if summed is not None else x
     x5 = x if x.ndim == 5 else x.unsqueeze(2)
@@ -173,18 +170,8 @@ def native_group_norm_view(x: Tensor, per_frame: bool) -> Tensor | None:
     return None
 
 
-def group_norm_cpu(
-    x: Tensor,
-    num_groups: int,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    eps: float = 1e-5,
-    *,
-    per_frame: bool = False,
-    silu: bool = False,
-    residual: Tensor | None = None,
-    front_pad: int = 0,
-) -> Tensor | tuple[Tensor, Tensor]:
+def group_norm_cpu(x: Tensor, weight: Tensor | None, bias: Tensor | None, spec: GroupNormSpec,
+                   residual: Tensor | None = None) -> NormResult:
     """The lean CPU path the dispatcher runs: `group_norm_torch`, except for 16-bit inputs whose
     layout PyTorch's native group norm can read in place, for per-frame statistics of
     channels-last-3d inputs (a free channels-last 2D view, where the reference's reductions are slow),
@@ -193,6 +180,7 @@ def group_norm_cpu(
     inputs in float32 (Welford moments) and rounds the affine result once; SiLU then runs in place
     on the rounded values (the reference applies it before rounding: within 1 ulp of it). This
     avoids the reference's full float32 copy of 16-bit activations (~4x faster here)."""
+    num_groups, eps, per_frame, silu, front_pad = spec.num_groups, spec.eps, spec.per_frame, spec.silu, spec.front_pad
     view = None
     channels_last_frames = per_frame and x.ndim == 5 and output_memory_format(x) == torch.channels_last_3d
     no_pad_float32 = x.dtype == torch.float32 and front_pad == 0
@@ -202,9 +190,7 @@ def group_norm_cpu(
         source = summed if summed is not None else x
         view = native_group_norm_view(source, per_frame)
     if view is None:
-        return group_norm_torch(
-            x, num_groups, weight, bias, eps, per_frame=per_frame, silu=silu, residual=residual, front_pad=front_pad
-        )
+        return group_norm_torch(x, weight, bias, spec, residual)
     y = F.group_norm(view, num_groups, weight, bias, eps)
     if silu:
         F.silu(y, inplace=True)
@@ -219,21 +205,12 @@ def group_norm_cpu(
     return y if summed is None else (y, summed)
 
 
-def group_norm_differentiable(
-    x: Tensor,
-    num_groups: int,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    eps: float = 1e-5,
-    *,
-    per_frame: bool = False,
-    silu: bool = False,
-    residual: Tensor | None = None,
-    front_pad: int = 0,
-) -> Tensor | tuple[Tensor, Tensor]:
+def group_norm_differentiable(x: Tensor, weight: Tensor | None, bias: Tensor | None, spec: GroupNormSpec,
+                              residual: Tensor | None = None) -> NormResult:
     """The same op from out-of-place PyTorch ops only, so autograd differentiates it: the path taken
     whenever a gradient is needed (training). Native `F.group_norm` (one fused pass forward and
     backward on CPU and CUDA), on frames folded into the batch for per-frame statistics."""
+    num_groups, eps, per_frame, silu, front_pad = spec.num_groups, spec.eps, spec.per_frame, spec.silu, spec.front_pad
     summed = x + residual if residual is not None else None
     source = summed if summed is not None else x
     x5 = source if source.ndim == 5 else source.unsqueeze(2)

@@ -36,7 +36,7 @@ import triton.language as tl
 from torch import Tensor
 from triton.runtime.interpreter import InterpretedFunction
 
-from .group_norm_torch import group_norm_differentiable, output_memory_format
+from .group_norm_torch import GroupNormSpec, NormResult, group_norm_differentiable, output_memory_format
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Elements per program. On a GPU, 4096 keeps ~16 fp32 values per thread at 8 warps (untuned: no
@@ -285,19 +285,8 @@ def _check_supported(x: Tensor, weight: Tensor | None, bias: Tensor | None, resi
         raise TypeError(f"group_norm_triton: residual dtype {residual.dtype} differs from x's {x.dtype}; cast one of them")
 
 
-def group_norm_triton(
-    x: Tensor,
-    num_groups: int,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    eps: float = 1e-5,
-    *,
-    per_frame: bool = False,
-    silu: bool = False,
-    residual: Tensor | None = None,
-    front_pad: int = 0,
-    tile: int | None = None,
-) -> Tensor | tuple[Tensor, Tensor]:
+def group_norm_triton(x: Tensor, weight: Tensor | None, bias: Tensor | None, spec: GroupNormSpec,
+                      residual: Tensor | None = None, *, tile: int | None = None) -> NormResult:
     """Fused group norm on x: (B, C, T, H, W) (contiguous or channels-last-3d) or (N, C, H, W).
 
     Same arguments, semantics and return values as `group_norm_torch` (arguments are assumed
@@ -305,6 +294,7 @@ def group_norm_triton(
     (default: 4096 on a GPU, 65536 under the interpreter); tests pass small tiles to split groups
     over many programs. Returns y, or (y, x + residual).
     """
+    num_groups, eps, per_frame, silu, front_pad = spec.num_groups, spec.eps, spec.per_frame, spec.silu, spec.front_pad
     _check_supported(x, weight, bias, residual)
     tile = tile or (INTERPRETER_TILE if _is_interpreted() else GPU_TILE)
     if tile & (tile - 1):
@@ -394,44 +384,31 @@ class _GroupNormTritonFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, residual, num_groups, eps, per_frame, silu, front_pad):
+    def forward(ctx, x, weight, bias, residual, spec):
         ctx.save_for_backward(x, weight, bias, residual)
-        ctx.options = (num_groups, eps, per_frame, silu, front_pad)
-        out = group_norm_triton(x, num_groups, weight, bias, eps, per_frame=per_frame, silu=silu,
-                                residual=residual, front_pad=front_pad)
+        ctx.spec = spec
+        out = group_norm_triton(x, weight, bias, spec, residual)
         if residual is None:
             return out, None
         return out
 
     @staticmethod
     def backward(ctx, grad_y, grad_summed):
-        num_groups, eps, per_frame, silu, front_pad = ctx.options
         inputs = [None if t is None else t.detach().requires_grad_(need)
                   for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad[:4])]
         x, weight, bias, residual = inputs
         with torch.enable_grad():
-            result = group_norm_differentiable(x, num_groups, weight, bias, eps, per_frame=per_frame,
-                                               silu=silu, residual=residual, front_pad=front_pad)
+            result = group_norm_differentiable(x, weight, bias, ctx.spec, residual)
         outputs = (result, None) if residual is None else result
         pairs = [(o, g) for o, g in zip(outputs, (grad_y, grad_summed)) if o is not None and g is not None]
         wanted = [t for t in inputs if t is not None and t.requires_grad]
         grads = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True))
         input_grads = [next(grads) if t is not None and t.requires_grad else None for t in inputs]
-        return (*input_grads, None, None, None, None, None)
+        return (*input_grads, None)
 
 
-def group_norm_triton_autograd(
-    x: Tensor,
-    num_groups: int,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    eps: float = 1e-5,
-    *,
-    per_frame: bool = False,
-    silu: bool = False,
-    residual: Tensor | None = None,
-    front_pad: int = 0,
-) -> Tensor | tuple[Tensor, Tensor]:
+def group_norm_triton_autograd(x: Tensor, weight: Tensor | None, bias: Tensor | None, spec: GroupNormSpec,
+                               residual: Tensor | None = None) -> NormResult:
     """`group_norm_triton` that autograd differentiates (see `_GroupNormTritonFunction`)."""
-    result = _GroupNormTritonFunction.apply(x, weight, bias, residual, num_groups, eps, per_frame, silu, front_pad)
+    result = _GroupNormTritonFunction.apply(x, weight, bias, residual, spec)
     return result[0] if residual is None else result

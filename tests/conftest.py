@@ -36,6 +36,15 @@ def _threads():
     torch.set_num_threads(int(os.environ.get("VIDEOVAE_TEST_THREADS", "2")))
 
 
+def norm_backend(backend, x, num_groups, weight, bias, eps=1e-5, *, residual=None, tile=None, **options):
+    """Call a group-norm backend, (x, weight, bias, spec, residual), with the public op's arguments
+    (`tile` for the Triton one)."""
+    from videovae_kernels.group_norm_torch import GroupNormSpec
+
+    extra = {} if tile is None else {"tile": tile}
+    return backend(x, weight, bias, GroupNormSpec(num_groups, eps, **options), residual, **extra)
+
+
 def stepvideo_weights(version: int) -> Path:
     return STEPVIDEO / f"stepvideo_v{version}_tiny.safetensors"
 

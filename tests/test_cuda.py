@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import videovae
-from conftest import stepvideo_io, stepvideo_weights
+from conftest import stepvideo_io, stepvideo_weights, norm_backend
 from videovae.adapters.diffusers import VideoFace
 from videovae_kernels.group_norm_torch import group_norm_torch
 
@@ -50,7 +50,7 @@ def test_compiled_triton_group_norm_matches_the_reference(dtype, per_frame, layo
     if layout == "channels_last":
         x, residual = (t.contiguous(memory_format=torch.channels_last_3d) for t in (x, residual))
     args = dict(per_frame=per_frame, silu=True, residual=residual, front_pad=2)
-    expected, expected_sum = group_norm_torch(x.double(), 32, w.double(), b.double(), 1e-5,
+    expected, expected_sum = norm_backend(group_norm_torch, x.double(), 32, w.double(), b.double(), 1e-5,
                                               **{**args, "residual": residual.double()})
     xc = x.cuda()
     assert backend_for(xc) == "triton"

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import videovae
-from conftest import stepvideo_io, stepvideo_weights
+from conftest import stepvideo_io, stepvideo_weights, norm_backend
 from videovae.layers import add_upsampled_, conv_per_frame, upsample2x_conv
 from videovae_kernels.group_norm_torch import group_norm_cpu, group_norm_functional, group_norm_torch
 
@@ -102,7 +102,7 @@ def test_lean_cpu_norm_is_within_a_few_ulp_of_the_reference(dtype, per_frame, ch
         x = x.to(memory_format=torch.channels_last_3d)
     w, b = torch.randn(64, generator=g).to(dtype), torch.randn(64, generator=g).to(dtype)
     kwargs = dict(per_frame=per_frame, silu=True, front_pad=front_pad)
-    ref, fast = group_norm_torch(x, 32, w, b, **kwargs), group_norm_cpu(x, 32, w, b, **kwargs)
+    ref, fast = norm_backend(group_norm_torch, x, 32, w, b, **kwargs), norm_backend(group_norm_cpu, x, 32, w, b, **kwargs)
     assert fast.shape == ref.shape and fast.dtype == dtype
     assert fast.is_contiguous(memory_format=torch.channels_last_3d) == ref.is_contiguous(memory_format=torch.channels_last_3d)
     assert torch.equal(fast[:, :, :front_pad], torch.zeros_like(fast[:, :, :front_pad]))
@@ -118,7 +118,7 @@ def test_functional_norm_matches_the_reference():
     w, b = torch.randn(64, generator=g), torch.randn(64, generator=g)
     for per_frame in (False, True):
         kwargs = dict(per_frame=per_frame, silu=True, residual=r, front_pad=2)
-        (y1, s1), (y2, s2) = group_norm_torch(x, 32, w, b, **kwargs), group_norm_functional(x, 32, w, b, **kwargs)
+        (y1, s1), (y2, s2) = norm_backend(group_norm_torch, x, 32, w, b, **kwargs), norm_backend(group_norm_functional, x, 32, w, b, **kwargs)
         assert torch.allclose(y1, y2, atol=1e-5) and torch.equal(s1, s2)
 
 

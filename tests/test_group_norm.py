@@ -23,6 +23,7 @@ from videovae_kernels import group_norm_triton as gnt
 from videovae_kernels.group_norm import group_norm
 from videovae_kernels.group_norm_torch import group_norm_torch
 from videovae_kernels.group_norm_triton import _tile_coords, _tile_offsets, group_norm_triton
+from conftest import norm_backend
 
 gn_module = sys.modules["videovae_kernels.group_norm"]
 
@@ -112,8 +113,8 @@ def _run_both(x, groups, per_frame, tile, opts, residual=None):
     if not opts.get("bias", True):
         b = None
     kw = dict(per_frame=per_frame, silu=opts.get("silu", False), residual=residual, front_pad=opts.get("front_pad", 0))
-    got = group_norm_triton(x, groups, w, b, 1e-5, tile=tile, **kw)
-    want = group_norm_torch(x, groups, w, b, 1e-5, **kw)
+    got = norm_backend(group_norm_triton, x, groups, w, b, 1e-5, tile=tile, **kw)
+    want = norm_backend(group_norm_torch, x, groups, w, b, 1e-5, **kw)
     return got, want, (w, b, kw)
 
 
@@ -151,7 +152,7 @@ def test_16bit_within_one_ulp(case, dtype):
         # The statistics are of the stored sum, which may differ by one ulp from the reference's
         # under the interpreter (truncating bf16 store): compare y against the reference run on it.
         kw = dict(kw, residual=None)
-        want = group_norm_torch(got_sum, groups, w, b, 1e-5, **kw)
+        want = norm_backend(group_norm_torch, got_sum, groups, w, b, 1e-5, **kw)
     assert got.dtype == dtype and got.stride() == want.stride()
     assert_close_ulp(got, want)
 
@@ -163,8 +164,8 @@ def test_non_flattenable_strides_are_copied_and_slices_along_t_are_not():
     w, b = affine(8)
     for x in (full[:, :, 1:5], full[..., 2:9]):
         for per_frame in (False, True):
-            got = group_norm_triton(x, 4, w, b, 1e-5, per_frame=per_frame, silu=True, residual=None, front_pad=1, tile=64)
-            want = group_norm_torch(x, 4, w, b, 1e-5, per_frame=per_frame, silu=True, front_pad=1)
+            got = norm_backend(group_norm_triton, x, 4, w, b, 1e-5, per_frame=per_frame, silu=True, residual=None, front_pad=1, tile=64)
+            want = norm_backend(group_norm_torch, x, 4, w, b, 1e-5, per_frame=per_frame, silu=True, front_pad=1)
             torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
@@ -185,8 +186,8 @@ def test_badly_conditioned_mean_over_std_1000():
     """mean/std = 1000: Chan's combination of per-tile (count, mean, M2) stays within 1e-3 of the
     reference; the naive sum/sum-of-squares form on the same tiles is off by far more."""
     x = make_input((1, 4, 4, 32, 32), mean=1000.0, std=1.0, seed=3)   # one group of 16384 elements
-    got = group_norm_triton(x, 1, None, None, 1e-5, per_frame=False, silu=False, residual=None, front_pad=0, tile=256)
-    want = group_norm_torch(x, 1, None, None, 1e-5)
+    got = norm_backend(group_norm_triton, x, 1, None, None, 1e-5, per_frame=False, silu=False, residual=None, front_pad=0, tile=256)
+    want = norm_backend(group_norm_torch, x, 1, None, None, 1e-5)
     err = (got - want).abs().max().item()
     assert err < 1e-3, err
     naive_err = (_naive_sum_sumsq_group_norm(x, 1, 256) - want).abs().max().item()
@@ -362,7 +363,7 @@ def test_dispatcher_honours_videovae_kernels_on_cpu(monkeypatch, spies, value, b
     assert videovae_kernels.backend_for(x) == backend
     y = group_norm(x, 4, w, b, per_frame=True, silu=True, front_pad=1)
     assert spies == {"torch": int(backend == "torch"), "triton": int(backend == "triton")}
-    torch.testing.assert_close(y, group_norm_torch(x, 4, w, b, per_frame=True, silu=True, front_pad=1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y, norm_backend(group_norm_torch, x, 4, w, b, per_frame=True, silu=True, front_pad=1), atol=1e-5, rtol=0)
 
 
 def test_dispatcher_rejects_unknown_backend(monkeypatch):
@@ -396,11 +397,11 @@ def test_argument_checks_name_the_problem(monkeypatch, make, kwargs, error, mess
 def test_triton_path_rejects_what_it_does_not_support():
     x = make_input((1, 4, 2, 3, 3))
     with pytest.raises(TypeError, match="supports float32, bfloat16 and float16; got torch.float64"):
-        group_norm_triton(x.double(), 2, None, None, per_frame=False, silu=False, residual=None, front_pad=0)
+        norm_backend(group_norm_triton, x.double(), 2, None, None, per_frame=False, silu=False, residual=None, front_pad=0)
     with pytest.raises(TypeError, match="residual dtype torch.float16 differs from x's torch.float32"):
-        group_norm_triton(x, 2, None, None, per_frame=False, silu=False, residual=x.half(), front_pad=0)
+        norm_backend(group_norm_triton, x, 2, None, None, per_frame=False, silu=False, residual=x.half(), front_pad=0)
     with pytest.raises(ValueError, match="tile must be a power of 2; got 48"):
-        group_norm_triton(x, 2, None, None, per_frame=False, silu=False, residual=None, front_pad=0, tile=48)
+        norm_backend(group_norm_triton, x, 2, None, None, per_frame=False, silu=False, residual=None, front_pad=0, tile=48)
 
 
 # --------------------------------------------------------------------------------------------
