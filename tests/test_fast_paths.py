@@ -56,20 +56,21 @@ def test_upsample_conv_and_add_keep_a_channels_last_layout():
     assert torch.equal(add_upsampled_(h.contiguous(memory_format=torch.channels_last_3d), clip, time=True), expected)
 
 
-def test_svd_decoder_in_channels_last_equals_the_contiguous_one():
-    """The SVD decoder runs channels-last by default; its output is contiguous and equals the
-    contiguous-layout decoder's."""
+def test_svd_in_channels_last_equals_the_contiguous_layout():
+    """The SVD encoder and decoder run channels-last by default; their outputs have the layout and
+    the values of the contiguous-layout model's."""
     from videovae.families.svd import SVDVAE, SVDConfig
 
     torch.manual_seed(0)
     model = SVDVAE(SVDConfig(block_out_channels=(32, 64), layers_per_block=2)).eval()
-    z = torch.randn(1, 4, 3, 6, 5)
+    x, z = torch.rand(1, 3, 3, 12, 10) * 2 - 1, torch.randn(1, 4, 3, 6, 5)
     with torch.no_grad():
-        fast = model.decode_chunk(z)
-        model.decoder.channels_last = False
-        plain = model.decode_chunk(z)
-    assert fast.transpose(1, 2).is_contiguous() == plain.transpose(1, 2).is_contiguous()
-    assert (fast - plain).abs().max() < 1e-5
+        fast = model.encode_chunk(x), model.decode_chunk(z)
+        model.encoder.channels_last = model.decoder.channels_last = False
+        plain = model.encode_chunk(x), model.decode_chunk(z)
+    for f, p in zip(fast, plain):
+        assert f.stride() == p.stride()
+        assert (f - p).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("version", [1, 2])

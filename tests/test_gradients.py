@@ -198,28 +198,29 @@ def test_svd_parameter_gradients_through_triton_equal_torch(monkeypatch, svd):
         model.zero_grad(set_to_none=True)
 
 
-def test_svd_channels_last_decoder_has_the_contiguous_gradients(svd):
-    """The default channels-last decoder (fused conv-adds, the time mix as one sum) differentiates
-    like the contiguous one, which blends the two paths as diffusers writes it."""
+def test_svd_channels_last_model_has_the_contiguous_gradients(svd):
+    """The default channels-last SVD model (fused conv-adds, the decoder's time mix as one sum)
+    differentiates like the contiguous one, whose decoder blends the two paths as diffusers does."""
     model = svd.model
     model.requires_grad_(True)
     try:
         torch.manual_seed(0)
-        z = torch.randn(1, model.latent_channels, 3, 4, 4)
+        x = torch.randn(1, 3, 3, 16, 16)
 
         def grads():
             model.zero_grad(set_to_none=True)
-            y = model.decode_chunk(z)
+            moments = model.encode_chunk(x)
+            y = model.decode_chunk(moments[:, : model.latent_channels])
             (y * torch.linspace(-1, 1, y.numel()).view(y.shape)).sum().backward()
-            return {n: p.grad for n, p in model.decoder.named_parameters()}
+            return {n: p.grad for n, p in model.named_parameters()}
 
         fast = grads()
-        model.decoder.channels_last = False
+        model.encoder.channels_last = model.decoder.channels_last = False
         plain = grads()
         assert [n for n, g in fast.items() if g is None] == []
         _assert_same_parameter_grads(fast, plain)
     finally:
-        model.decoder.channels_last = True
+        model.encoder.channels_last = model.decoder.channels_last = True
         model.requires_grad_(False)
         model.zero_grad(set_to_none=True)
 

@@ -296,15 +296,18 @@ class Encoder(nn.Module):
         self.mid_block = EncoderMidBlock(widths[-1], groups)
         self.conv_norm_out = GroupNorm(widths[-1], groups, SPATIAL_EPS)
         self.conv_out = nn.Conv2d(widths[-1], 2 * cfg.latent_channels, 3, padding=1)
+        self.channels_last = True
 
     def forward(self, x: Tensor, tiles: Tiles | None = None) -> Tensor:
         if tiles is not None:
             return self._tiled(x, tiles)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         h = self.conv_in(x)
         for block in self.down_blocks:
             h = block(h)
         h = self.mid_block(h)
-        return self.conv_out(self.conv_norm_out(h, silu=True))
+        return self.conv_out(self.conv_norm_out(h, silu=True)).contiguous()
 
     def _tiled(self, x: Tensor, tiles: Tiles) -> Tensor:
         h = tiles.map(self.conv_in, x, halo=1)
