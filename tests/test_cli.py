@@ -182,6 +182,25 @@ def test_a_memory_budget_picks_tiles_and_keeps_the_result(work, clip, lossless, 
     assert (to_uint8(written).int() - to_uint8(reference[1]).int()).abs().max().item() <= 1
 
 
+def test_the_command_returns_freed_memory_for_a_budget_in_its_own_process_only(monkeypatch, work):
+    """As this process's command (no argv), --max-memory makes malloc return freed buffers, so that
+    RSS tracks the budget; run inside another program (argv given), the allocator is left alone."""
+    import videovae.memory_plan as memory_plan
+
+    calls = []
+    monkeypatch.setattr(memory_plan, "return_freed_memory", lambda: calls.append(1) or True)
+    argv = ["reconstruct", str(work / "missing.mp4"), "-o", str(work / "out.mp4"), "--max-memory", "2GB"]
+    assert run(argv)[0] == 1 and calls == []
+    monkeypatch.setattr(sys, "argv", ["videovae", *argv])
+    with contextlib.redirect_stderr(io.StringIO()):
+        assert main() == 1
+    assert calls == [1]
+    monkeypatch.setattr(sys, "argv", ["videovae", *argv[:-2]])
+    with contextlib.redirect_stderr(io.StringIO()):
+        main()
+    assert calls == [1]
+
+
 def test_lossless_output_holds_the_in_memory_frames(lossless, reference):
     written, _ = read_video(lossless["out"])
     assert written.shape == (1, FRAMES, 3, HEIGHT, WIDTH)

@@ -4,6 +4,9 @@ message, and a budgeted run equals the untiled one."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -133,3 +136,25 @@ def test_tile_and_max_memory_are_one_choice(v1_small):
         vae.decode(torch.zeros(1, 5, 8, 2, 2), max_memory="a lot")
     with pytest.raises(OptionError, match="op must be"):
         vae.memory_plan("reconstruct", 16, 16, "1GB")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.parametrize("returned", [False, True])
+def test_return_freed_memory_makes_freed_buffers_leave_the_heap(returned):
+    """glibc keeps a freed 16 MiB buffer in its heap once an earlier large free has raised its mmap
+    threshold; after return_freed_memory() the buffer goes back to the system at once (RSS falls by
+    its size). In a subprocess: the setting is process-wide and permanent."""
+    code = (
+        "import numpy\n"
+        "from videovae.memory_plan import return_freed_memory\n"
+        "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * 4096\n"
+        f"assert {returned} is False or return_freed_memory()\n"
+        "a = numpy.ones(2 ** 21); del a\n"  # the first large free: glibc raises its threshold to 16 MiB
+        "before = rss(); c = numpy.ones(2 ** 21); held = rss(); del c\n"
+        "print((held - before) / 2 ** 20, (held - rss()) / 2 ** 20)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    grew, released = map(float, done.stdout.split())
+    assert grew > 15
+    assert (released > 15) if returned else (released < 1)

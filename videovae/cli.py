@@ -207,7 +207,11 @@ def _one_line_warnings():
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line on `argv` (default sys.argv[1:]); returns the exit status."""
+    """Run the command line on `argv`; returns the exit status. Without argv it is this process's
+    command (sys.argv[1:]), and it may set process-wide state for it: with --max-memory, glibc's
+    malloc returns freed buffers at once (`memory_plan.return_freed_memory`), so that the resident
+    memory tracks the budget. With argv (a program running commands inside its own process), it
+    leaves the process's allocator as it is."""
     from .errors import VideoVAEError
 
     parser = build_parser()
@@ -215,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.command != "encode-dataset":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
+    if argv is None and getattr(args, "max_memory", None) is not None:
+        from .memory_plan import return_freed_memory
+
+        return_freed_memory()
     try:
         with _escaped_terminal(), _signals_interrupt(), _one_line_warnings(), _torch_threads(args.threads):
             if getattr(args, "checkpoint", ...) is None:

@@ -12,8 +12,9 @@ videovae allocates while the chunk runs, its output included (the weights and th
 are there before and are not counted), plus, during each convolution, one more copy of its input
 and output: oneDNN reorders them to its blocked layout on CPU in buffers that are not tensors.
 The C allocator's slack is not counted: with glibc's default dynamic mmap threshold, freed tile
-buffers stay in the heap and peak RSS runs up to 1.3x the count; MALLOC_MMAP_THRESHOLD_=1048576
-brings it within a few percent (`benchmarks/bench_tiling.py --max-memory` measures both).
+buffers stay in the heap and peak RSS runs up to 1.3x the count; `return_freed_memory()` (what
+`videovae ... --max-memory` does in its own process, as MALLOC_MMAP_THRESHOLD_=1048576 would) brings
+it within a few percent (`benchmarks/bench_tiling.py --max-memory` measures both).
 
 Attention is counted as the fused kernels that run it on CPU and CUDA (SDPA's flash and
 memory-efficient kernels, memory linear in tokens), not as the math path the meta device would
@@ -80,7 +81,33 @@ def add_tiling_arguments(parser, *, note: str = "") -> None:
                              f"spatial factor): the same result as untiled, in less memory (default: untiled{note})")
     choice.add_argument("--max-memory", type=memory_arg, default=None, metavar="SIZE",
                         help="or let the tiles be chosen to keep each chunk's working memory under SIZE (4GB, 512MiB, "
-                             f"...; the weights not counted): exact, the fastest plan that fits{note}")
+                             "...; the weights not counted): exact, the fastest plan that fits; malloc then returns "
+                             f"freed memory at once, so that the resident memory tracks SIZE{note}")
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+RETURN_FREED_ABOVE = 1 << 20  # bytes
+
+
+def return_freed_memory() -> bool:
+    """Make glibc's malloc give buffers of 1 MiB and more back to the system as soon as they are
+    freed (a fixed mmap threshold, what MALLOC_MMAP_THRESHOLD_=1048576 does at start-up), so that
+    the resident memory tracks what is allocated, which is what a memory budget counts. Without it,
+    glibc raises its threshold after the first large free and keeps freed tile buffers in the heap.
+
+    Process-wide and for the rest of the process (glibc cannot go back to its dynamic threshold):
+    the command line does it for --max-memory in its own process; a program that embeds videovae
+    decides for itself. Costs page faults on reused buffers. Returns False where the C library
+    has no glibc mallopt (macOS, Windows, musl)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return mallopt(M_MMAP_THRESHOLD, RETURN_FREED_ABOVE) == 1
 
 
 def memory_arg(text: str) -> int:
