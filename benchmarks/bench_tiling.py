@@ -81,11 +81,20 @@ with torch.no_grad():
     if spec.get("plan_only"):
         print(json.dumps({"tile": plan.tile, "planned_mib": plan.peak / 2**20, "minimum_mib": plan.minimum / 2**20}))
         raise SystemExit(0)
+    # Peak RSS is VmHWM, reset here where Linux allows it: ru_maxrss would also hold the parent's
+    # RSS at the fork and the model's build.
+    try:
+        open("/proc/self/clear_refs", "w").write("5")
+    except OSError:
+        pass
     base = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() / 2**20
     start = time.perf_counter()
     out = run(tiles)
     seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+try:
+    peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
+except (OSError, StopIteration):
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 report = {"seconds": seconds, "peak_mib": peak - base, "baseline_mib": base, "tiles": tiles.count if tiles else 1,
           "shape": list(out.shape)}
 if plan is not None:

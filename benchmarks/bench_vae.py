@@ -1,7 +1,7 @@
 """Encode / decode time, achieved GFLOP/s and peak memory of the full-size Step-Video VAEs.
 
 Random weights from the released configs (nothing is downloaded). Every case runs in a fresh
-subprocess so its peak resident memory (ru_maxrss) is its own. Per case: median of --repeats runs
+subprocess so its peak resident memory (VmHWM) is its own. Per case: median of --repeats runs
 of encode and of decode, after one warm-up (which also compiles, for --compiled).
 
 FLOPs are counted once per (version, size) with torch.utils.flop_counter on the meta device, for the
@@ -76,6 +76,16 @@ def count_flops(version: int, frames: int, height: int, width: int) -> dict:
     return counts
 
 
+def _peak_rss_kib() -> int:
+    """This process's peak RSS (VmHWM); not ru_maxrss, which for a child also holds its parent's
+    RSS at the fork."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def single_conv_gflops(dtype: str, layout: str, repeats: int = 3) -> float:
     import torch
     import torch.nn.functional as F
@@ -127,7 +137,7 @@ def run_case(version: int, frames: int, height: int, width: int, dtype: str, lay
         "layout": layout, "mode": mode, "convs": convs, "threads": threads, "repeats": repeats,
         "encode_s": statistics.median(encode_s), "decode_s": statistics.median(decode_s),
         "encode_runs_s": encode_s, "decode_runs_s": decode_s, "warmup_s": warmup_s,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": _peak_rss_kib() / 1024,
         "single_conv_gflops": single_conv_gflops(dtype, layout),
         "output_sample": out[0, :, :, :8, :8].float().flatten()[:64].tolist(),
     }
