@@ -83,6 +83,8 @@ def _peak_rss_kib() -> int:
         with open("/proc/self/status") as f:
             return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
     except (OSError, StopIteration):
+        import resource
+
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
