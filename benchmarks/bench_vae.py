@@ -111,8 +111,6 @@ def single_conv_gflops(dtype: str, layout: str, repeats: int = 3) -> float:
 def run_case(version: int, frames: int, height: int, width: int, dtype: str, layout: str, mode: str,
              convs: str, repeats: int, threads: int) -> dict:
     """Runs inside the worker process."""
-    import resource
-
     import torch
 
     torch.set_num_threads(threads)
