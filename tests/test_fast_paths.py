@@ -73,6 +73,22 @@ def test_svd_in_channels_last_equals_the_contiguous_layout():
         assert (f - p).abs().max() < 1e-5
 
 
+def test_the_one_switch_turns_svd_channels_last_off_and_on():
+    from videovae.families.svd import SVDVAE, SVDConfig
+
+    torch.manual_seed(0)
+    vae = videovae.VideoVAE(SVDVAE(SVDConfig(block_out_channels=(32, 64), layers_per_block=2)).eval())
+    z = torch.randn(1, 3, 4, 6, 5)
+    fast = vae.decode(z)
+    vae.fast_paths(channels_last=False)
+    assert not vae.model.encoder.channels_last and not vae.model.decoder.channels_last
+    assert (vae.decode(z) - fast).abs().max() < 1e-5
+    vae.fast_paths(channels_last=True)
+    assert vae.model.encoder.channels_last and vae.model.decoder.channels_last
+    conv = vae.model.decoder.time_conv_out.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last_3d)
+
+
 @pytest.mark.parametrize("version", [1, 2])
 def test_decoder_by_phases_equals_plain_decoder(version):
     vae = videovae.load(stepvideo_weights(version), dtype=torch.float32)

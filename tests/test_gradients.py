@@ -7,6 +7,7 @@ VIDEOVAE_KERNELS=triton; on a GPU machine the same code runs compiled.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 
@@ -173,56 +174,52 @@ def test_triton_kernels_give_the_torch_parameter_gradients(monkeypatch, version)
     _assert_same_parameter_grads(_parameter_grads(model, x), reference)
 
 
-def test_svd_parameter_gradients_through_triton_equal_torch(monkeypatch, svd):
+@contextlib.contextmanager
+def _svd_gradients(svd, frames: int):
+    """Yields grads(): the parameter gradients of svd's model for one fixed clip of `frames` frames
+    (encode, decode the mean, a weighted sum), with the model trainable only inside."""
     model = svd.model
     model.requires_grad_(True)
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, frames, 16, 16)
+
+    def grads():
+        model.zero_grad(set_to_none=True)
+        moments = model.encode_chunk(x)
+        y = model.decode_chunk(moments[:, : model.latent_channels])
+        (y * torch.linspace(-1, 1, y.numel()).view(y.shape)).sum().backward()
+        return {n: p.grad for n, p in model.named_parameters()}
+
     try:
-        torch.manual_seed(0)
-        x = torch.randn(1, 3, 2, 16, 16)
+        yield grads
+    finally:
+        model.requires_grad_(False)
+        model.zero_grad(set_to_none=True)
 
-        def grads():
-            model.zero_grad(set_to_none=True)
-            moments = model.encode_chunk(x)
-            y = model.decode_chunk(moments[:, : model.latent_channels])
-            (y * torch.linspace(-1, 1, y.numel()).view(y.shape)).sum().backward()
-            return {n: p.grad for n, p in model.named_parameters()}
 
+def test_svd_parameter_gradients_through_triton_equal_torch(monkeypatch, svd):
+    with _svd_gradients(svd, frames=2) as grads:
         monkeypatch.setenv("VIDEOVAE_KERNELS", "torch")
         reference = grads()
         monkeypatch.setenv("VIDEOVAE_KERNELS", "triton")
         triton = grads()
-        assert [n for n, g in reference.items() if g is None] == []
-        _assert_same_parameter_grads(triton, reference)
-    finally:
-        model.requires_grad_(False)
-        model.zero_grad(set_to_none=True)
+    assert [n for n, g in reference.items() if g is None] == []
+    _assert_same_parameter_grads(triton, reference)
 
 
 def test_svd_channels_last_model_has_the_contiguous_gradients(svd):
     """The default channels-last SVD model (fused conv-adds, the decoder's time mix as one sum)
     differentiates like the contiguous one, whose decoder blends the two paths as diffusers does."""
     model = svd.model
-    model.requires_grad_(True)
     try:
-        torch.manual_seed(0)
-        x = torch.randn(1, 3, 3, 16, 16)
-
-        def grads():
-            model.zero_grad(set_to_none=True)
-            moments = model.encode_chunk(x)
-            y = model.decode_chunk(moments[:, : model.latent_channels])
-            (y * torch.linspace(-1, 1, y.numel()).view(y.shape)).sum().backward()
-            return {n: p.grad for n, p in model.named_parameters()}
-
-        fast = grads()
-        model.encoder.channels_last = model.decoder.channels_last = False
-        plain = grads()
-        assert [n for n, g in fast.items() if g is None] == []
-        _assert_same_parameter_grads(fast, plain)
+        with _svd_gradients(svd, frames=3) as grads:
+            fast = grads()
+            model.fast_paths(channels_last=False)
+            plain = grads()
     finally:
         model.encoder.channels_last = model.decoder.channels_last = True
-        model.requires_grad_(False)
-        model.zero_grad(set_to_none=True)
+    assert [n for n, g in fast.items() if g is None] == []
+    _assert_same_parameter_grads(fast, plain)
 
 
 def test_training_step_on_the_triton_path_changes_every_parameter(monkeypatch, tmp_path):

@@ -363,20 +363,15 @@ class VideoVAE(nn.Module):
     ) -> "VideoVAE":
         """The one switch for the speed paths; None leaves one as it is. Returns self.
 
-        winograd, phase_split: the family's exact fast paths (`FamilyModel.fast_paths`), on by default.
-        channels_last: store the 3D conv weights channels-last-3d, so activations flow channels-last
-            through the convs and the fused norms (faster on some hardware); off by default.
+        winograd, phase_split, channels_last: the family's exact fast paths (`FamilyModel.fast_paths`):
+            Winograd and phase-split upsampling on by default; channels-last activations on by
+            default for SVD (its CPU convs run fastest so), off for Step-Video (3D conv weights
+            stored channels-last-3d: faster on some hardware).
         compile: torch.compile the per-chunk encode and decode (True: fullgraph, the chunk bodies
             have no graph breaks; a dict: torch.compile's keyword arguments); False goes back to
             eager. The chunk loop, policies and validation stay eager. Off by default.
         """
-        self.model.fast_paths(winograd=winograd, phase_split=phase_split)
-        if channels_last is not None:
-            fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
-            with torch.no_grad():
-                for p in self.model.parameters():
-                    if p.ndim == 5:
-                        p.data = p.data.contiguous(memory_format=fmt)
+        self.model.fast_paths(winograd=winograd, phase_split=phase_split, channels_last=channels_last)
         if compile is not None:
             for name in ("encode_chunk", "decode_chunk"):
                 self.model.__dict__.pop(name, None)  # back to the class's eager method

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointMismatchError
@@ -62,16 +63,30 @@ class FamilyModel(nn.Module):
     family: str
     capabilities: Capabilities
 
-    def fast_paths(self, *, winograd: bool | None = None, phase_split: bool | None = None) -> "FamilyModel":
-        """Switch the exact fast paths (None leaves one as it is): Winograd tiles in time for large
-        float32 causal 3x3x3 convs (`videovae.winograd`), and upsampling convs computed phase by
-        phase on the low-res input (`videovae.layers.upsample2x_conv`). Both are on by default and
-        equal the plain paths up to float rounding."""
+    def fast_paths(self, *, winograd: bool | None = None, phase_split: bool | None = None,
+                   channels_last: bool | None = None) -> "FamilyModel":
+        """Switch the exact fast paths (None leaves one as it is), all equal to the plain paths up
+        to float rounding:
+        - winograd: Winograd tiles in time for large float32 causal 3x3x3 convs (`videovae.winograd`);
+          on by default.
+        - phase_split: upsampling convs computed phase by phase on the low-res input
+          (`videovae.layers.upsample2x_conv`); on by default.
+        - channels_last: the 3D conv weights stored channels-last-3d, so that activations flow
+          channels-last through the convs and the fused norms, and the modules that convert their
+          input to channels-last (SVD's encoder and decoder, on by default) do so."""
         for module in self.modules():
             if winograd is not None and isinstance(module, CausalConv3d):
                 module.winograd = winograd
             if phase_split is not None and hasattr(module, "by_phases"):
                 module.by_phases = phase_split
+            if channels_last is not None and isinstance(getattr(module, "channels_last", None), bool):
+                module.channels_last = channels_last
+        if channels_last is not None:
+            fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+            with torch.no_grad():
+                for p in self.parameters():
+                    if p.ndim == 5:
+                        p.data = p.data.contiguous(memory_format=fmt)
         return self
 
 
