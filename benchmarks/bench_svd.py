@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+import peak_rss  # noqa: E402  (benchmarks/, the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {  # name -> SVDConfig kwargs
@@ -48,25 +49,6 @@ OPS = ("decode", "encode")
 def current_rss_kib() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
-
-
-def reset_peak_rss() -> None:
-    """Reset the peak RSS (VmHWM) to the current RSS, where Linux allows it."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        print("bench_svd: cannot reset the peak RSS (/proc/self/clear_refs); peaks include the load", file=sys.stderr)
-
-
-def peak_rss_kib() -> int:
-    """This process's peak RSS: VmHWM, which the reset above clears. Not ru_maxrss: for a child of a
-    large process it also holds the parent's RSS at the fork, before the exec."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def run_worker(impl: str, op: str, weights: Path, inputs: Path, cfg_name: str, frames: int, runs: int, out: Path) -> dict:
@@ -103,10 +85,11 @@ def run_worker(impl: str, op: str, weights: Path, inputs: Path, cfg_name: str, f
     del sd
 
     with torch.no_grad():
-        reset_peak_rss()  # the load's own peak (weights file + model) is not the operation's
+        if not peak_rss.reset():  # the load's own peak (weights file + model) is not the operation's
+            print("bench_svd: cannot reset the peak RSS (/proc/self/clear_refs); peaks include the load", file=sys.stderr)
         rss_before = current_rss_kib()
         result = call()
-        peak_kib = peak_rss_kib() - rss_before
+        peak_kib = peak_rss.peak_kib() - rss_before
         times = []
         for _ in range(runs):
             start = time.perf_counter()

@@ -39,6 +39,8 @@ CHILD = r"""
 import json, resource, sys, time
 import torch
 spec = json.loads(sys.argv[1])
+sys.path.insert(0, spec["bench_dir"])
+import peak_rss
 torch.set_num_threads(spec["threads"])
 if spec.get("return_freed"):  # what `videovae ... --max-memory` does in its own process
     from videovae.memory_plan import return_freed_memory
@@ -81,20 +83,12 @@ with torch.no_grad():
     if spec.get("plan_only"):
         print(json.dumps({"tile": plan.tile, "planned_mib": plan.peak / 2**20, "minimum_mib": plan.minimum / 2**20}))
         raise SystemExit(0)
-    # Peak RSS is VmHWM, reset here where Linux allows it: ru_maxrss would also hold the parent's
-    # RSS at the fork and the model's build.
-    try:
-        open("/proc/self/clear_refs", "w").write("5")
-    except OSError:
-        pass
+    peak_rss.reset()  # the model's build is not the run's
     base = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() / 2**20
     start = time.perf_counter()
     out = run(tiles)
     seconds = time.perf_counter() - start
-try:
-    peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
-except (OSError, StopIteration):
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = peak_rss.peak_kib() / 1024
 report = {"seconds": seconds, "peak_mib": peak - base, "baseline_mib": base, "tiles": tiles.count if tiles else 1,
           "shape": list(out.shape)}
 if plan is not None:
@@ -109,11 +103,9 @@ print(json.dumps(report))
 
 
 
-def run_case(spec: dict, env: dict | None = None) -> dict:
-    import os
-
-    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
+def run_case(spec: dict) -> dict:
+    spec = {**spec, "bench_dir": str(Path(__file__).resolve().parent)}  # where the child finds peak_rss
+    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], capture_output=True, text=True)
     if done.returncode:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
     return json.loads(done.stdout.strip().splitlines()[-1])

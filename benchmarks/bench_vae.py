@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+import peak_rss  # benchmarks/, the script's folder
+
 RESULTS = Path(__file__).parent / "results"
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -74,18 +76,6 @@ def count_flops(version: int, frames: int, height: int, width: int) -> dict:
                         model.decode_chunk(torch.empty(1, config.z_channels, lat, height // s, width // s, device="meta"))
             counts[name] = counter.get_total_flops()
     return counts
-
-
-def _peak_rss_kib() -> int:
-    """This process's peak RSS (VmHWM); not ru_maxrss, which for a child also holds its parent's
-    RSS at the fork."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def single_conv_gflops(dtype: str, layout: str, repeats: int = 3) -> float:
@@ -137,7 +127,7 @@ def run_case(version: int, frames: int, height: int, width: int, dtype: str, lay
         "layout": layout, "mode": mode, "convs": convs, "threads": threads, "repeats": repeats,
         "encode_s": statistics.median(encode_s), "decode_s": statistics.median(decode_s),
         "encode_runs_s": encode_s, "decode_runs_s": decode_s, "warmup_s": warmup_s,
-        "peak_rss_mb": _peak_rss_kib() / 1024,
+        "peak_rss_mb": peak_rss.peak_kib() / 1024,
         "single_conv_gflops": single_conv_gflops(dtype, layout),
         "output_sample": out[0, :, :, :8, :8].float().flatten()[:64].tolist(),
     }

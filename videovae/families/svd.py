@@ -213,7 +213,7 @@ class SpatioTemporalResBlock(nn.Module):
         into s; otherwise the two paths and the blend as diffusers writes them."""
         spatial = self.spatial_res_block(x)  # (B*T, C, H, W)
         clip = folded_to_clip(spatial, num_frames)  # (B, C, T, H, W): a view when channels-last
-        if clip.data_ptr() == spatial.data_ptr() and is_channels_last(clip):
+        if is_channels_last(clip):
             temporal = self.temporal_res_block
             h = temporal.conv1(temporal.norm1(clip, silu=True))
             share = torch.sigmoid(self.time_mixer.mix_factor)
