@@ -1,4 +1,5 @@
-"""Peak memory and time of encode and decode against resolution: untiled against exact tiling.
+"""Peak memory and time of encode and decode against resolution: untiled against exact tiling, and
+(Step-Video v2) against frames streamed through the chunk.
 
 Every case runs in its own subprocess (peak RSS is a per-process maximum): it builds the model from
 a config with random weights, makes its input, notes its resident memory (the baseline: weights,
@@ -33,7 +34,8 @@ REDUCED = {
                decoder_widths=(32, 64, 128, 128), patch_channels=4 * 16 * 8),  # the release's P = 32 z, 8 C / P = 2
 }
 REDUCED["svd"] = dict(block_out_channels=(32, 64, 128, 128), layers_per_block=2, norm_num_groups=32)
-BARS = {"v1": 0.6, "v2": 0.3, "svd": 0.6}  # peak - weights, exact tiled / untiled (issue 15)
+BARS = {"v1": 0.6, "v2": 0.3, "svd": 0.6}  # peak - weights, the best exact plan / untiled (issue 15)
+STREAMS = {"v2"}  # per-frame norms, causal throughout: frames stream through a chunk
 
 CHILD = r"""
 import json, resource, sys, time
@@ -76,6 +78,9 @@ with torch.no_grad():
         overlap = spec["tile"] // 4 // S * S  # 0 when the tile is under four spatial factors
         choice = TileChoice(model, spec["op"], (spec["tile"],) * 2, overlap=overlap)
         run = lambda tiles: choice.run(x)
+        tile = None
+    elif spec["mode"] == "stream":  # frame by frame through the chunk (v2), untiled in space
+        run = lambda tiles: getattr(model, spec["op"] + "_chunk")(x, stream=True)
         tile = None
     else:
         tile = (spec["tile"],) * 2 if spec["mode"] == "exact" else None
@@ -139,23 +144,29 @@ def main() -> int:
     rows, lines = [], []
     print = _printer(lines)  # the table goes to stdout and to the markdown file
     print(_machine(args) + f"; 17 frames, fp32, tile {args.tile}")
-    print("| model | op | size | untiled MiB | exact MiB | exact/untiled (bar) | untiled s | exact s | time ratio | tiles "
-          "| blend MiB | blend s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | op | size | untiled MiB | exact MiB | exact/untiled | untiled s | exact s | time ratio | tiles "
+          "| streamed MiB | streamed/untiled | streamed s | time ratio | best/untiled (bar) | blend MiB | blend s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    nan = float("nan")
     for name, op, size, base in _cases(args):
         plain, exact = run_case({**base, "mode": "untiled"}), run_case({**base, "mode": "exact"})
+        streamed = run_case({**base, "mode": "stream"}) if name in STREAMS else {}  # frame by frame (v2)
         blend = {} if args.no_blend else run_case({**base, "mode": "blend"})
         row = {"model": name, "widths": args.widths, "op": op, "size": size, "tile": args.tile,
-               "untiled": plain, "exact": exact, "blend": blend}
+               "untiled": plain, "exact": exact, "streamed": streamed, "blend": blend}
         rows.append(row)
         if "error" in plain or "error" in exact:
-            print(f"| {name} | {op} | {size} | {plain.get('error', '')} | {exact.get('error', '')} | | | | | | | |")
+            print(f"| {name} | {op} | {size} | {plain.get('error', '')} | {exact.get('error', '')} |" + " |" * 12)
             continue
         ratio, slow = exact["peak_mib"] / plain["peak_mib"], exact["seconds"] / plain["seconds"]
-        row.update(memory_ratio=ratio, time_ratio=slow)
+        s_ratio = streamed.get("peak_mib", nan) / plain["peak_mib"]
+        s_slow = streamed.get("seconds", nan) / plain["seconds"]
+        best = min(ratio, s_ratio) if streamed.get("peak_mib") else ratio
+        row.update(memory_ratio=ratio, time_ratio=slow, streamed_ratio=s_ratio, streamed_time_ratio=s_slow, best_ratio=best)
         print(f"| {name} | {op} | {size}x{size} | {plain['peak_mib']:.0f} | {exact['peak_mib']:.0f} | "
-              f"{ratio:.2f} (<= {BARS[name]}) | {plain['seconds']:.2f} | {exact['seconds']:.2f} | {slow:.2f} (<= 1.5) | {exact['tiles']} | "
-              f"{blend.get('peak_mib', float('nan')):.0f} | {blend.get('seconds', float('nan')):.2f} |")
+              f"{ratio:.2f} | {plain['seconds']:.2f} | {exact['seconds']:.2f} | {slow:.2f} (<= 1.5) | {exact['tiles']} | "
+              f"{streamed.get('peak_mib', nan):.0f} | {s_ratio:.2f} | {streamed.get('seconds', nan):.2f} | {s_slow:.2f} | "
+              f"{best:.2f} (<= {BARS[name]}) | {blend.get('peak_mib', nan):.0f} | {blend.get('seconds', nan):.2f} |")
     if args.blend_error:
         print("")
         for line in blend_error_table():
@@ -268,8 +279,8 @@ def counted(args) -> int:
     print = _printer(lines)
     print(f"Counted on the meta device (videovae.memory_plan), not measured: one chunk of 17 frames, {args.dtype}, "
           f"{args.widths} widths, tile {args.tile}")
-    print("| model | op | size | untiled GiB | exact GiB | exact / untiled (bar) |")
-    print("|---|---|---|---|---|---|")
+    print("| model | op | size | untiled GiB | exact GiB | streamed GiB | best / untiled (bar) |")
+    print("|---|---|---|---|---|---|---|")
     for name, op, size, spec in _cases(args):
         with torch.device("meta"):
             if name == "svd":
@@ -283,7 +294,10 @@ def counted(args) -> int:
         S = model.frame_layout.spatial_factor
         shape = (1, 3, 17, size, size) if op == "encode" else (1, z, latents, size // S, size // S)
         plain, exact = chunk_peak(model, op, shape, None), chunk_peak(model, op, shape, (args.tile,) * 2)
-        print(f"| {name} | {op} | {size}x{size} | {plain / 2**30:.2f} | {exact / 2**30:.2f} | {exact / plain:.2f} (<= {BARS[name]}) |")
+        streamed = chunk_peak(model, op, shape, None, stream=True) if model.streams_frames else None
+        best = min(exact, streamed or exact)
+        print(f"| {name} | {op} | {size}x{size} | {plain / 2**30:.2f} | {exact / 2**30:.2f} | "
+              f"{'' if streamed is None else f'{streamed / 2**30:.2f}'} | {best / plain:.2f} (<= {BARS[name]}) |")
     out = args.out.with_name(args.out.name + "_counted")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
@@ -303,8 +317,9 @@ def _plot(rows: list[dict], path: Path) -> None:
     for key in sorted({(r["model"], r["op"]) for r in rows}):
         sel = [r for r in rows if (r["model"], r["op"]) == key and "memory_ratio" in r]
         pixels = [r["size"] ** 2 for r in sel]
-        for mode, style in (("untiled", "-o"), ("exact", "--s")):
-            ax.plot(pixels, [r[mode]["peak_mib"] for r in sel], style, label=f"{key[0]} {key[1]} {mode}")
+        for mode, style in (("untiled", "-o"), ("exact", "--s"), ("streamed", ":^")):
+            if all(r[mode].get("peak_mib") for r in sel):
+                ax.plot(pixels, [r[mode]["peak_mib"] for r in sel], style, label=f"{key[0]} {key[1]} {mode}")
     ax.set_xscale("log"), ax.set_yscale("log")
     ax.set_xlabel("pixels per frame (17 frames)"), ax.set_ylabel("peak memory - weights (MiB)")
     ax.legend(fontsize=7)

@@ -56,6 +56,7 @@ def test_bench_tiling_writes_its_table_and_json(tmp_path):
     assert [(r["model"], r["op"], r["size"]) for r in rows] == [("v2", "decode", 32)]
     assert rows[0]["exact"]["tiles"] == 4 and rows[0]["untiled"]["peak_mib"] > 0
     assert rows[0]["blend"]["peak_mib"] > 0 and rows[0]["blend"]["shape"] == rows[0]["exact"]["shape"]
+    assert rows[0]["streamed"]["shape"] == rows[0]["exact"]["shape"] and rows[0]["best_ratio"] <= rows[0]["memory_ratio"]
     assert "| v2 | decode | 32x32 |" in out.with_suffix(".md").read_text()
 
 

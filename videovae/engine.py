@@ -99,8 +99,12 @@ class TileChoice:
         return plan.tile if plan is not None else self.tile
 
     def run(self, x: Tensor) -> Tensor:
-        """The model's encode_chunk or decode_chunk of channels-first x, with this choice's tiles."""
+        """The model's encode_chunk or decode_chunk of channels-first x, with this choice's tiles
+        (or frame by frame, where the budget's plan streams)."""
         run = self.model.encode_chunk if self.op == "encode" else self.model.decode_chunk
+        plan = self.plan(tuple(x.shape))
+        if plan is not None and plan.stream:
+            return run(x, stream=True)
         tile = self.tile_for(tuple(x.shape))
         if tile is None:
             return run(x)

@@ -246,16 +246,20 @@ def encode_file(
 
 
 def tiles_text(vae, height: int, width: int, *, frames: int, ops=("decode",), tile=None, max_memory=None) -> str:
-    """'16 tiles per chunk' for the progress line, or '' for one tile (untiled). With max_memory,
-    the plans of `ops` for a chunk of (at most) `frames` frames are made here, so that a budget
-    below the minimum fails before any work; the count is the finest plan's."""
+    """'16 tiles per chunk' for the progress line (and 'frame by frame' where a budget's plan
+    streams frames through a chunk), or '' for one tile (untiled). With max_memory, the plans of
+    `ops` for a chunk of (at most) `frames` frames are made here, so that a budget below the
+    minimum fails before any work; the count is the finest plan's."""
+    streamed = False
     if max_memory is None:
         count = vae.tile_count(tile, height, width)
     else:
         chunk = min(frames, vae.frames_per_chunk or frames)
         plans = [vae.memory_plan(op, height, width, max_memory, frames=chunk) for op in ops]
         count = max(vae.tile_count(plan.tile, height, width) for plan in plans)
-    return f"{count} tiles per chunk" if count > 1 else ""
+        streamed = any(plan.stream for plan in plans)
+    notes = [f"{count} tiles per chunk"] * (count > 1) + ["frame by frame"] * streamed
+    return ", ".join(notes)
 
 
 def decode_pieces(vae, mean, meta, *, checkpoint_sha256: str | None = None, stream_options: dict | None = None) -> Iterator:

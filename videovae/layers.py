@@ -299,7 +299,7 @@ def _phase_kernels(weight: Tensor, time_upsampled: bool) -> list[tuple[tuple[int
     return kernels
 
 
-def upsample2x_conv(x: Tensor, weight: Tensor, bias: Tensor | None, *, time: bool) -> Tensor:
+def upsample2x_conv(x: Tensor, weight: Tensor, bias: Tensor | None, *, time: bool, history: bool = False) -> Tensor:
     """Nearest x2 upsampling then a zero-padded conv, computed phase by phase on the low-res input.
 
     x: (B, C_in, T, H, W), or with time=False also images (N, C_in, H, W).
@@ -307,13 +307,18 @@ def upsample2x_conv(x: Tensor, weight: Tensor, bias: Tensor | None, *, time: boo
                 weight (C_out, C_in, 3, 3, 3) -> (B, C_out, 2T, 2H, 2W).
     time=False: x2 in (h, w), then a per-frame 3x3 conv (H/W padded by 1);
                 weight (C_out, C_in, 1, 3, 3) -> (B, C_out, T, 2H, 2W) (or (N, C_out, 2H, 2W)).
+    history (time=True only): x's first frame is the low-res frame before the T that follow it
+        (a frame stream's state) instead of the zero frame in front: -> (B, C_out, 2 (T_x - 1), 2H, 2W).
     """
     image = x.ndim == 4
     clip = x.unsqueeze(2) if image else x  # (B, C_in, T, H, W)
+    if history and not time:
+        raise ValueError("upsample2x_conv: history is the frame before, for time=True only")
     B, _, T, H, W = clip.shape
+    T -= history
     C_out = weight.shape[0]
     # Low-res zero padding: one frame in front (causal) and one row/column on each side.
-    xp = F.pad(clip, (1, 1, 1, 1, 1 if time else 0, 0))
+    xp = F.pad(clip, (1, 1, 1, 1, 1 if time and not history else 0, 0))
     pt_count = 2 if time else 1
     # (B, C_out, T, pt, H, 2, W, 2): the phases interleave on the view below; channels-last in
     # memory for a channels-last input, so that the output keeps the input's layout.

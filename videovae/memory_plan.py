@@ -20,10 +20,13 @@ Attention is counted as the fused kernels that run it on CPU and CUDA (SDPA's fl
 memory-efficient kernels, memory linear in tokens), not as the math path the meta device would
 take, which materialises the (L, L) scores.
 
-The plans tried are the untiled chunk, then grids of k x k tiles for k = 2 .. MAX_GRID, each tile a
-multiple of the model's spatial factor; the first that fits is taken (the fewest tiles: the
+The plans tried are the untiled chunk; for a model that streams frames through a chunk (Step-Video
+v2, `FamilyModel.streams_frames`), frame by frame, which stores no whole activation and needs
+about 0.3x the untiled peak at 1024x1024; then grids of k x k tiles for k = 2 .. MAX_GRID, each tile
+a multiple of the model's spatial factor; the first that fits is taken (the fewest tiles: the
 fastest). Below the peak of the finest grid, exact tiling cannot go: the whole activations a stage
-reads and writes are stored at every grid, and those set the minimum.
+reads and writes are stored at every grid, and those set the minimum (or the streamed peak, where
+it is lower).
 """
 
 from __future__ import annotations
@@ -137,6 +140,7 @@ class MemoryPlan:
     peak: int
     minimum: int
     budget: int
+    stream: bool = False  # frame by frame through the chunk (`FamilyModel.streams_frames`), untiled in space
 
 
 _CONVOLUTIONS = (torch.ops.aten.convolution.default, torch.ops.aten.mkldnn_convolution.default)
@@ -146,14 +150,17 @@ class _LiveBytes(TorchDispatchMode):
     """Counts the bytes of the storages that ops create while any tensor on them is alive, in two
     classes: whole activations (a tensor whose last two sides are the frame's at some level, one of
     `whole`) and the rest (windows, statistics). `events` holds (whole, rest) after each allocation,
-    and during each convolution with its input and output counted once more (oneDNN's reorders)."""
+    and during each convolution with its input and output counted once more (oneDNN's reorders).
+    The storages of `given` (the chunk's input) are there before and never counted, views of them
+    (a streamed chunk's frames) included."""
 
-    def __init__(self, whole: set[tuple[int, int]]):
+    def __init__(self, whole: set[tuple[int, int]], given: tuple[Tensor, ...] = ()):
         super().__init__()
         self.whole_sides = whole
         self.live = [0, 0]  # whole, rest
         self.events: list[tuple[int, int]] = []
         self._storages: dict[int, list[int]] = {}  # storage id -> [nbytes, class, tensors alive on it]
+        self._given = {t.untyped_storage()._cdata for t in given}
 
     def _release(self, key: int) -> None:
         entry = self._storages[key]
@@ -175,6 +182,8 @@ class _LiveBytes(TorchDispatchMode):
             if isinstance(t, Tensor):
                 storage = t.untyped_storage()
                 key = storage._cdata
+                if key in self._given:
+                    continue
                 entry = self._storages.get(key)
                 if entry is None:
                     kind = 0 if t.ndim >= 4 and tuple(t.shape[-2:]) in self.whole_sides else 1
@@ -208,7 +217,7 @@ class _Method(nn.Module):
 
 
 def _simulate(model: FamilyModel, op: str, shape: tuple[int, ...], tile: tuple[int, int] | None,
-              whole: set[tuple[int, int]]) -> list[tuple[int, int]]:
+              whole: set[tuple[int, int]], stream: bool = False) -> list[tuple[int, int]]:
     """Run `op` on one chunk of `shape` on the meta device: the (whole, rest) bytes after each allocation."""
     wrapper = _Method(model, f"{op}_chunk")
     state = model.state_dict()
@@ -217,9 +226,10 @@ def _simulate(model: FamilyModel, op: str, shape: tuple[int, ...], tile: tuple[i
     x = torch.empty(shape, dtype=dtype, device="meta")
     s = model.frame_layout.spatial_factor
     tiles = Tiles(_frame_size(model, op, shape), tile, s) if tile is not None else None
-    counter = _LiveBytes(whole)
+    counter = _LiveBytes(whole, given=(x,))
     with torch.no_grad(), _FusedAttention(), counter:
-        out = functional_call(wrapper, meta, (x,), {"tiles": tiles}, strict=False)
+        kwargs = {"tiles": tiles, "stream": True} if stream else {"tiles": tiles}
+        out = functional_call(wrapper, meta, (x,), kwargs, strict=False)
         del out
     return counter.events or [(0, 0)]
 
@@ -238,10 +248,12 @@ def _level_sides(size: tuple[int, int], spatial_factor: int) -> set[tuple[int, i
     return sides
 
 
-def chunk_peak(model: FamilyModel, op: str, shape: tuple[int, ...], tile: tuple[int, int] | None) -> int:
+def chunk_peak(model: FamilyModel, op: str, shape: tuple[int, ...], tile: tuple[int, int] | None,
+               *, stream: bool = False) -> int:
     """Bytes allocated while `op` runs one chunk of `shape` (channels-first: (B, C, T, H, W) for
-    encode, (B, z, T_lat, h, w) for decode) with tiles of `tile` pixels (None: untiled), the output
-    included, the weights and the input not.
+    encode, (B, z, T_lat, h, w) for decode) with tiles of `tile` pixels (None: untiled), or frame by
+    frame with `stream` (a model that `streams_frames`), the output included, the weights and the
+    input not.
 
     Runs on the meta device: nothing is computed. A grid of more than 3 x 3 tiles is not run
     tile by tile: every tile's workspace is one of a 3 x 3 grid's (corner, edge or interior), and
@@ -251,6 +263,10 @@ def chunk_peak(model: FamilyModel, op: str, shape: tuple[int, ...], tile: tuple[
         raise OptionError(f"op must be one of {', '.join(OPS)}; got {op!r}")
     s = model.frame_layout.spatial_factor
     size = _frame_size(model, op, shape)
+    if stream:
+        if tile is not None:
+            raise OptionError("a chunk streams frame by frame untiled in space: give a tile or stream, not both")
+        return max(w + r for w, r in _simulate(model, op, shape, None, set(), stream=True))
     if tile is None or Tiles(size, tile, s).count <= 9:
         return max(w + r for w, r in _simulate(model, op, shape, tile, set()))
     small = (min(size[0], 3 * tile[0]), min(size[1], 3 * tile[1]))
@@ -272,8 +288,10 @@ def grid_tile(size: tuple[int, int], grid: int, align: int) -> tuple[int, int]:
 
 def plan_tiles(model: FamilyModel, op: str, shape: tuple[int, ...], budget: int) -> MemoryPlan:
     """The fastest exact plan for one chunk of `shape` (as in `chunk_peak`) within `budget` bytes:
-    untiled if it fits, else the coarsest k x k grid (k <= MAX_GRID) that does. Raises OptionError
-    naming the minimum when even the finest grid needs more."""
+    untiled if it fits; else, for a model that `streams_frames`, frame by frame through the chunk
+    if that fits (its peak is far below any grid's: the chunk's whole activations are never
+    stored); else the coarsest k x k grid (k <= MAX_GRID) that does. Raises OptionError naming the
+    minimum when even the finest plan needs more."""
     s = model.frame_layout.spatial_factor
     size = (shape[-2], shape[-1]) if op == "encode" else (shape[-2] * s, shape[-1] * s)
     peaks: dict[tuple[int, int] | None, int] = {}
@@ -285,12 +303,21 @@ def plan_tiles(model: FamilyModel, op: str, shape: tuple[int, ...], budget: int)
 
     grids = (grid_tile(size, k, s) for k in range(2, MAX_GRID + 1))
     tilings = [t for t in dict.fromkeys(grids) if t[0] < size[0] or t[1] < size[1]]  # coarse to fine
-    least = lambda: min(peaks[None], peak(tilings[-1])) if tilings else peaks[None]  # noqa: E731
+    streamed = chunk_peak(model, op, shape, None, stream=True) if model.streams_frames else None
+
+    def least() -> int:
+        return min(p for p in (peaks[None], streamed, peak(tilings[-1]) if tilings else None) if p is not None)
+
     if peak(None) <= budget:
         return MemoryPlan(None, peaks[None], math.ceil(least() * MARGIN), budget)
     minimum = math.ceil(least() * MARGIN)  # what to ask for: fits in any autograd mode
+    if streamed is not None and streamed <= budget:
+        return MemoryPlan(None, streamed, minimum, budget, stream=True)
     if least() > budget:
-        finest = f"tiles of {tilings[-1][0]}x{tilings[-1][1]}" if tilings else "untiled: the frame is one tile"
+        if streamed is not None and streamed == least():
+            finest = "frame by frame through the chunk"
+        else:
+            finest = f"tiles of {tilings[-1][0]}x{tilings[-1][1]}" if tilings else "untiled: the frame is one tile"
         what = f"{shape[2]} frames" if op == "encode" else f"{shape[2]} latent frames"
         raise OptionError(
             f"max_memory {format_bytes(budget)} is below the {format_bytes(minimum)} that exact tiling needs to {op} "

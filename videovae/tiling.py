@@ -17,7 +17,8 @@ frame (attention, at the lowest resolution) runs on the whole activation.
 
 The grid is fixed at full resolution and divided by each activation's own factor, so that every
 level of the network sees the same tiles; tile sides are multiples of the model's spatial factor.
-The time axis is never tiled: causal convs keep their whole chunk.
+The time axis is never tiled: causal convs keep their whole chunk. (Where every norm is per frame,
+Step-Video v2, frames can instead stream through the chunk one at a time: `videovae.frame_stream`.)
 
 What tiling saves: a stage holds its input, its output and one window's workspace, where the
 untiled step also holds the normalised copy, the padded copy and the conv's own buffers of the

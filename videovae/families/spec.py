@@ -63,6 +63,13 @@ class FamilyModel(nn.Module):
     family: str
     capabilities: Capabilities
 
+    @property
+    def streams_frames(self) -> bool:
+        """Whether encode_chunk and decode_chunk take stream=True: every norm per frame and every
+        layer causal, so that frames pass through a chunk one at a time (`videovae.frame_stream`),
+        with the same result in a few frames' memory per conv instead of the chunk's."""
+        return False
+
     def fast_paths(self, *, winograd: bool | None = None, phase_split: bool | None = None,
                    channels_last: bool | None = None) -> "FamilyModel":
         """Switch the exact fast paths (None leaves one as it is), all equal to the plain paths up

@@ -17,11 +17,13 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..chunking import FrameLayout
 from ..errors import OptionError
+from ..frame_stream import ConvFrames, FrameChain, NormConvFrames, PerFrame, join_frames, weight_format
 from ..layers import (
     CausalAttention,
     CausalConv3d,
@@ -143,6 +145,28 @@ class ResBlock3d(nn.Module):
 
         return tiles.resnet(x, self.norm2, first, second, identity=not hasattr(self, "nin_shortcut"))
 
+    def frames(self) -> "_ResBlockFrames":
+        """This block over a stream of frames (per-frame norms only: v2)."""
+        return _ResBlockFrames(self)
+
+
+class _ResBlockFrames:
+    """A `ResBlock3d` frame by frame: the held frames of its two causal convs."""
+
+    def __init__(self, block: ResBlock3d):
+        self.block = block
+        self.conv1, self.conv2 = ConvFrames(block.conv1), ConvFrames(block.conv2)
+
+    def push(self, x: Tensor) -> Tensor:
+        b = self.block
+        h = self.conv1.push(b.norm1(x, silu=True))
+        shortcut = b.nin_shortcut(x) if hasattr(b, "nin_shortcut") else x
+        return self.conv2.push(b.norm2(h, silu=True), residual=shortcut)
+
+    def flush(self) -> None:
+        self.conv1.flush()
+        self.conv2.flush()
+
 
 def norm_conv_tiled(tiles: Tiles, norm: GroupNorm, conv: CausalConv3d, x: Tensor) -> Tensor:
     """conv(silu(norm(x))) tile by tile: x (B, C, T, H, W)."""
@@ -179,6 +203,9 @@ class Downsample3d(nn.Module):
 
     def tiled(self, x: Tensor, tiles: Tiles) -> Tensor:
         return tiles.map(self.conv, x, halo=2, scale=Fraction(1, 2))
+
+    def frames(self) -> ConvFrames:
+        return ConvFrames(self.conv)
 
 
 class UpsampleResBlock(nn.Module):
@@ -228,6 +255,40 @@ class UpsampleResBlock(nn.Module):
 
         return tiles.map(last, h, x, halo=0, out=h)
 
+    def frames(self) -> "_UpsampleFrames":
+        return _UpsampleFrames(self)
+
+
+class _UpsampleFrames:
+    """An `UpsampleResBlock` frame by frame: the low-res frame before the next ones (conv1 on the
+    upsampled frames reads two of them, phase by phase) and conv2's held frames. Always by phases:
+    the plain path gives the same frames up to float rounding."""
+
+    def __init__(self, block: UpsampleResBlock):
+        self.block = block
+        self.conv2 = ConvFrames(block.conv2)
+        self._before: Tensor | None = None  # (B, C, 1, H, W); zeros in front of a chunk
+
+    def push(self, x: Tensor) -> list[Tensor]:
+        """x: (B, C, t, H, W) -> 2t frames (B, C, 1, 2H, 2W), each its own tensor."""
+        b = self.block
+        with_before = join_frames(self._before, x, 1, weight_format(b.conv1.conv.weight))
+        self._before = x[:, :, -1:].clone()
+        h = upsample2x_conv(with_before, b.conv1.conv.weight, b.conv1.conv.bias, time=True, history=True)
+        del with_before
+        normed = [b.norm1(frame, silu=True) for frame in h.split(1, dim=2)]  # one storage each: conv2 holds them
+        del h
+        out = []
+        for t, frame in enumerate(normed):
+            low = x[:, :, t // 2 : t // 2 + 1]  # nearest x2 in time: output frame t is input frame t // 2
+            h_t = b.norm2(self.conv2.push(frame))
+            out.append(add_upsampled_(F.silu(add_upsampled_(h_t, low, time=False), inplace=True), low, time=False))
+        return out
+
+    def flush(self) -> None:
+        self._before = None
+        self.conv2.flush()
+
 
 class Upsample3d(nn.Module):
     """Nearest x2 in (t, h, w) and `UpsampleResBlock` (keys `upsample.conv3d.*`)."""
@@ -242,6 +303,23 @@ class Upsample3d(nn.Module):
 
     def tiled(self, x: Tensor, tiles: Tiles) -> Tensor:
         return self.conv3d.tiled(x, tiles)
+
+    def frames(self) -> _UpsampleFrames:
+        return self.conv3d.frames()
+
+
+def frames_of(module: nn.Module):
+    """A module's frame-stream stage: its own (`frames()`), or the module itself applied to each
+    frame (the 2D down- and upsamplings)."""
+    return module.frames() if hasattr(module, "frames") else PerFrame(module)
+
+
+def check_streams(cfg: "StepVideoConfig") -> None:
+    if not cfg.per_frame_norm:
+        raise OptionError(
+            "frames stream through a chunk only where every norm is per frame (Step-Video v2); "
+            "this v1 model normalises over the whole chunk: use spatial tiles (tile= or max_memory=)"
+        )
 
 
 class Level(nn.Module):
@@ -284,20 +362,37 @@ class Encoder(nn.Module):
         else:
             self.conv_out = CausalConv3d(width, moments)
 
-    def forward(self, x: Tensor, tiles: Tiles | None = None) -> Tensor:
-        """x: (B, C, T, H, W), one chunk -> moments (B, 2z, T_lat, h, w); tile by tile with `tiles`."""
+    def forward(self, x: Tensor, tiles: Tiles | None = None, *, stream: bool = False) -> Tensor:
+        """x: (B, C, T, H, W), one chunk -> moments (B, 2z, T_lat, h, w); tile by tile with `tiles`,
+        frame by frame through the levels with `stream` (v2; the mid block and tail then run on the
+        lowest-resolution activation, whole)."""
         if tiles is not None:
             return self._tiled(x, tiles)
-        h = self.conv_in(x)
-        for level in self.down:
-            for block in level.block:
-                h = block(h)
-            if hasattr(level, "downsample"):
-                h = level.downsample(h)
+        if stream:
+            h = self._levels_streamed(x)
+        else:
+            h = self.conv_in(x)
+            for level in self.down:
+                for block in level.block:
+                    h = block(h)
+                if hasattr(level, "downsample"):
+                    h = level.downsample(h)
         h = self.mid(h)
         if self.cfg.version == 1:
             return self.conv_out(self.norm_out(h, silu=True, front_pad=self.conv_out.time_pad), padded=True)
         return self._patchify_tail(self.norm_out(h, silu=True))
+
+    def _levels_streamed(self, x: Tensor) -> Tensor:
+        """conv_in and the levels, one input frame at a time: x (B, C, T, H, W) -> the mid block's input."""
+        check_streams(self.cfg)
+        stages = [ConvFrames(self.conv_in)]
+        for level in self.down:
+            stages += [frames_of(block) for block in level.block]
+            if hasattr(level, "downsample"):
+                stages.append(frames_of(level.downsample))
+        chain = FrameChain(stages)
+        out = [frame for t in range(x.shape[2]) for frame in chain.push(x[:, :, t : t + 1])]
+        return torch.cat(out, dim=2)
 
     def _patchify_tail(self, h: Tensor) -> Tensor:
         """v2: normed h (B, C, T, H, W) -> patchify to (B, P, (T + 1) / 2, H / 2, W / 2) -> moments."""
@@ -375,11 +470,15 @@ class Decoder(nn.Module):
         # Frames the causal temporal upsampling adds in front of each chunk; dropped at the end.
         self.crop_frames = 2 ** len(cfg.decoder_temporal_levels) - 1
 
-    def forward(self, z: Tensor, tiles: Tiles | None = None) -> Tensor:
+    def forward(self, z: Tensor, tiles: Tiles | None = None, *, stream: bool = False) -> Tensor:
         """z: (B, z, L, h, w), one chunk -> (B, C_out, time_factor * (L - 1) + 1, H, W); tile by
-        tile with `tiles`."""
+        tile with `tiles`; with `stream` (v2), the head and mid block on the whole lowest-resolution
+        activation, then frame by frame through the levels."""
         if tiles is not None:
             return self._tiled(z, tiles)
+        if stream:
+            check_streams(self.cfg)
+            return self._levels_streamed(self.mid(self._head(z)))
         h = self._head(z)
         h = self.mid(h)
         for level in reversed(self.up):
@@ -389,6 +488,28 @@ class Decoder(nn.Module):
                 h = level.upsample(h)
         h = self.conv_out(self.norm_out(h, silu=True, front_pad=self.conv_out.time_pad), padded=True)
         return h[:, :, self.crop_frames:]
+
+    def _levels_streamed(self, h: Tensor) -> Tensor:
+        """The levels and the tail, one frame of h (B, C, T, h, w) at a time, written into the output
+        as they come (the front `crop_frames` dropped)."""
+        stages = []
+        for level in reversed(self.up):
+            stages += [frames_of(block) for block in level.block]
+            if hasattr(level, "upsample"):
+                stages.append(frames_of(level.upsample))
+        stages.append(NormConvFrames(self.norm_out, self.conv_out))
+        chain = FrameChain(stages)
+        frames = h.shape[2] * 2 ** len(self.cfg.decoder_temporal_levels) - self.crop_frames
+        out, index = None, -self.crop_frames
+        for t in range(h.shape[2]):
+            for frame in chain.push(h[:, :, t : t + 1]):
+                if out is None:
+                    B, C, _, H, W = frame.shape
+                    out = frame.new_empty((B, C, frames, H, W))
+                if index >= 0:
+                    out[:, :, index] = frame[:, :, 0]
+                index += 1
+        return out
 
     def _head(self, z: Tensor) -> Tensor:
         h = self.conv_in(z)
@@ -436,13 +557,18 @@ class StepVideoVAE(FamilyModel):
     def frame_layout(self) -> FrameLayout:
         return self.config.frame_layout
 
-    def encode_chunk(self, x: Tensor, tiles: Tiles | None = None) -> Tensor:
-        """x: (B, C, T, H, W), T exact and <= 17 -> moments (B, 2z, T_lat, h, w)."""
-        return self.encoder(x, tiles)
+    @property
+    def streams_frames(self) -> bool:
+        """v2 normalises per frame and is causal throughout: its chunks can stream frame by frame."""
+        return self.config.per_frame_norm
 
-    def decode_chunk(self, z: Tensor, tiles: Tiles | None = None) -> Tensor:
+    def encode_chunk(self, x: Tensor, tiles: Tiles | None = None, *, stream: bool = False) -> Tensor:
+        """x: (B, C, T, H, W), T exact and <= 17 -> moments (B, 2z, T_lat, h, w)."""
+        return self.encoder(x, tiles, stream=stream)
+
+    def decode_chunk(self, z: Tensor, tiles: Tiles | None = None, *, stream: bool = False) -> Tensor:
         """z: (B, z, L, h, w), L <= latents_per_chunk -> (B, C, T, H, W)."""
-        return self.decoder(z, tiles)
+        return self.decoder(z, tiles, stream=stream)
 
 
 # ------------------------------------------------------------------------------------------------
