@@ -73,6 +73,8 @@ with torch.no_grad():
         from videovae.memory_plan import plan_tiles
         plan = plan_tiles(model, spec["op"], tuple(x.shape), spec["budget"])
         tile = plan.tile
+        if plan.stream:  # frame by frame through the chunk, as videovae runs this plan
+            run = lambda tiles: getattr(model, spec["op"] + "_chunk")(x, stream=True)
     elif spec["mode"] == "blend":  # diffusers' approximate tiles, overlapping by a quarter tile
         from videovae.engine import TileChoice
         overlap = spec["tile"] // 4 // S * S  # 0 when the tile is under four spatial factors
@@ -97,7 +99,7 @@ peak = peak_rss.peak_kib() / 1024
 report = {"seconds": seconds, "peak_mib": peak - base, "baseline_mib": base, "tiles": tiles.count if tiles else 1,
           "shape": list(out.shape)}
 if plan is not None:
-    report.update(tile=plan.tile, planned_mib=plan.peak / 2**20, minimum_mib=plan.minimum / 2**20)
+    report.update(tile=plan.tile, stream=plan.stream, planned_mib=plan.peak / 2**20, minimum_mib=plan.minimum / 2**20)
 print(json.dumps(report))
 """
 
@@ -256,7 +258,7 @@ def budgets(args) -> int:
                 print(f"| {name} | {op} | {size} | {budget / 2**20:.0f} | {plain.get('error', '')} {fixed.get('error', '')} |||||||")
                 continue
             mib = budget / 2**20
-            tile = "x".join(map(str, plain["tile"])) if plain["tile"] else "untiled"
+            tile = "x".join(map(str, plain["tile"])) if plain["tile"] else "frames" if plain.get("stream") else "untiled"
             print(f"| {name} | {op} | {size}x{size} | {mib:.0f} ({factor:g} x min) | {tile} | {plain['planned_mib']:.0f} | "
                   f"{plain['peak_mib']:.0f} | {plain['peak_mib'] / mib:.2f} | {plain['seconds']:.1f} | "
                   f"{fixed['peak_mib']:.0f} | {fixed['peak_mib'] / mib:.2f} | {fixed['seconds']:.1f} |")
