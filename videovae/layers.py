@@ -312,8 +312,6 @@ def upsample2x_conv(x: Tensor, weight: Tensor, bias: Tensor | None, *, time: boo
     """
     image = x.ndim == 4
     clip = x.unsqueeze(2) if image else x  # (B, C_in, T, H, W)
-    if history and not time:
-        raise ValueError("upsample2x_conv: history is the frame before, for time=True only")
     B, _, T, H, W = clip.shape
     T -= history
     C_out = weight.shape[0]
