@@ -17,6 +17,9 @@ numpy only). Finishes in under 8 minutes on one H100/H200-class GPU. In order:
    (1, 3, 64, 34, 62)): videovae as shipped against the plain PyTorch path of the same model
    (VIDEOVAE_KERNELS=torch, phase-split upsampling and Winograd off), time and peak memory, and the
    PSNR between the two outputs. Encoding the same clip is timed the same way.
+4. The same model decoding 17 frames at 1536x1536 (Step-Video-T2V issue #30's size) under
+   `max_memory="24GB"`: the plan the budget picks (untiled, frame by frame or tiles), its counted
+   peak, and the measured peak allocation above the weights and time.
 
 The table is printed and saved as JSON and markdown in --out-dir (default benchmarks/results/, and
 also $OUT when that is set). `--smoke` runs every step on tiny shapes on whatever device there is
@@ -47,6 +50,8 @@ GN_SHAPES = [(1, 128, 17, 512, 512), (1, 128, 17, 272, 496), (1, 256, 17, 136, 2
 GN_SMOKE_SHAPES = [(1, 64, 3, 16, 16)]
 DECODE_CASE = dict(frames=17, height=544, width=992)
 DECODE_SMOKE_CASE = dict(frames=17, height=32, width=32)
+BUDGET_CASE = dict(frames=17, height=1536, width=1536, max_memory="24GB")
+BUDGET_SMOKE_CASE = dict(frames=17, height=64, width=64, max_memory=None)  # None: the plan's own minimum
 
 
 def _sync(device: torch.device) -> None:
@@ -168,9 +173,8 @@ def build_stepvideo_v2(device: torch.device, smoke: bool):
     return VideoVAE(model.to(torch.bfloat16).eval().requires_grad_(False))
 
 
-def vae_rows(device: torch.device, smoke: bool, repeats: int) -> list[dict]:
+def vae_rows(vae, device: torch.device, smoke: bool, repeats: int) -> list[dict]:
     case = DECODE_SMOKE_CASE if smoke else DECODE_CASE
-    vae = build_stepvideo_v2(device, smoke)
     shape = (1, case["frames"], 3, case["height"], case["width"])
     latent_shape = vae.latent_shape(shape)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -206,6 +210,39 @@ def vae_rows(device: torch.device, smoke: bool, repeats: int) -> list[dict]:
     return rows
 
 
+# -- 4. a decode under a memory budget ----------------------------------------------------------------
+
+def plan_text(plan) -> str:
+    if plan.stream:
+        return "frame by frame"
+    return "untiled" if plan.tile is None else f"tiles of {plan.tile[0]}x{plan.tile[1]}"
+
+
+def budget_row(vae, device: torch.device, smoke: bool) -> dict:
+    """One decode of a whole chunk under the budget: the plan, its counted peak, the measured peak
+    allocation above what was allocated before (the weights) and the time."""
+    case = BUDGET_SMOKE_CASE if smoke else BUDGET_CASE
+    frames, height, width = case["frames"], case["height"], case["width"]
+    budget = case["max_memory"] or vae.memory_plan("decode", height, width, 2**50, frames=frames).minimum
+    plan = vae.memory_plan("decode", height, width, budget, frames=frames)
+    gen = torch.Generator(device=device).manual_seed(0)
+    latents = torch.randn(vae.latent_shape((1, frames, 3, height, width)), generator=gen, device=device, dtype=vae.dtype)
+    _sync(device)
+    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = vae.decode(latents, max_memory=budget)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    peak = (torch.cuda.max_memory_allocated(device) - before) / 2**30 if device.type == "cuda" else None
+    return {"op": "decode", "output": list(out.shape), "dtype": str(vae.dtype).removeprefix("torch."),
+            "budget": budget if isinstance(budget, str) else f"{budget / 2**30:.3f}GiB", "plan": plan_text(plan),
+            "counted_gb": plan.peak / 2**30, "peak_gb": peak, "seconds": seconds,
+            "finite": bool(torch.isfinite(out).all())}
+
+
 # -- the report ---------------------------------------------------------------------------------------
 
 def markdown(report: dict) -> str:
@@ -233,6 +270,12 @@ def markdown(report: dict) -> str:
         peak_gb = "n/a" if r["peak_gb"] is None else f"{r['peak_gb']:.2f}"
         lines.append(f"| {r['op']} | {tuple(r['input'])} | {r['dtype']} | {r['path']} | {r['seconds']:.3f} | {peak_gb} | "
                      f"{ratio:.2f}x | {r['psnr_vs_plain_db']:.1f} dB |")
+    b = report["budget"]
+    peak_gb = "n/a" if b["peak_gb"] is None else f"{b['peak_gb']:.2f}"
+    lines += ["", f"{model}: one chunk decoded under a memory budget (peak: allocated above the weights)", "",
+              "| op | output | dtype | budget | plan | counted GB | peak GB | seconds | finite |", "|---|---|---|---|---|---|---|---|---|",
+              f"| {b['op']} | {tuple(b['output'])} | {b['dtype']} | {b['budget']} | {b['plan']} | {b['counted_gb']:.2f} | "
+              f"{peak_gb} | {b['seconds']:.2f} | {b['finite']} |"]
     return "\n".join(lines) + "\n"
 
 
@@ -263,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     repeats = 2 if args.smoke else args.repeats
     shapes, copy_elements = (GN_SMOKE_SHAPES, 1 << 22) if args.smoke else (GN_SHAPES, 1 << 28)  # 16 MiB / 1 GiB
     report["group_norm"], report["copy_gbs"] = group_norm_rows(shapes, device, repeats, copy_elements)
-    report["vae"] = vae_rows(device, args.smoke, 2 if args.smoke else 3)
+    vae = build_stepvideo_v2(device, args.smoke)
+    report["vae"] = vae_rows(vae, device, args.smoke, 2 if args.smoke else 3)
+    report["budget"] = budget_row(vae, device, args.smoke)
     report["seconds"] = round(time.perf_counter() - start, 1)
 
     text = markdown(report)

@@ -27,7 +27,11 @@ def test_gpu_check_smoke_runs_every_step_and_saves_its_table(tmp_path):
     assert {(r["path"], r["op"]) for r in report["vae"]} == {(p, o) for p in ("videovae", "plain") for o in ("encode", "decode")}
     assert all(r["psnr_vs_plain_db"] > 60 for r in report["vae"])  # the fast paths agree with the plain one
     assert len(report["group_norm"]) == 2 and all(r["fused_ms"] > 0 for r in report["group_norm"])
-    assert "| decode |" in (tmp_path / "gpu_check_smoke.md").read_text()
+    budget = report["budget"]  # the shipped v1 at its own minimum budget: tiles, counted within that budget
+    assert budget["plan"].startswith("tiles of") and budget["finite"] and budget["output"] == [1, 17, 3, 64, 64]
+    assert budget["counted_gb"] <= float(budget["budget"].removesuffix("GiB"))
+    text = (tmp_path / "gpu_check_smoke.md").read_text()
+    assert "| decode |" in text and "under a memory budget" in text
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: gpu_check runs for real")
