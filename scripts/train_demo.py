@@ -1,4 +1,4 @@
-"""Train the shipped demo model and register it: the one command that reproduces `weights/`.
+"""Train the shipped demo model and register it: the one command that reproduces `videovae_weights/`.
 
     python scripts/train_demo.py            # about 70 minutes on 2 CPU cores; rerun to resume
 
@@ -9,7 +9,7 @@
 2. `videovae convert` to float16 (half the size; videovae.load computes in float32 from it).
 3. Held-out quality of the float16 file: the trainer's evaluation clips (astronaut and coffee, never
    trained on) and the acceptance check, `videovae reconstruct` of a 17x96x128 clip of the demo photo.
-4. The entry `stepvideo_v1_demo` of `weights/registry.json`: data, steps, wall time, final losses,
+4. The entry `stepvideo_v1_demo` of `videovae_weights/registry.json`: data, steps, wall time, final losses,
    held-out PSNR/SSIM, sha256.
 """
 
@@ -42,7 +42,7 @@ def main() -> int:
     args = parser.parse_args()
 
     videovae("--threads", args.threads, "train", "--config", "demo-v1", "--out", str(args.out), "--stop-at", args.stop_at)
-    shipped = ROOT / "weights" / FILE
+    shipped = ROOT / "videovae_weights" / FILE
     videovae("convert", str(args.out / "model.safetensors"), "-o", str(shipped), "--dtype", "fp16")
 
     import torch
@@ -70,7 +70,7 @@ def main() -> int:
                  "--metrics-json", str(Path(tmp) / "m.json"))
         cli = json.loads((Path(tmp) / "m.json").read_text())["metrics"]
 
-    registry_path = ROOT / "weights" / "registry.json"
+    registry_path = ROOT / "videovae_weights" / "registry.json"
     registry = json.loads(registry_path.read_text())
     last = history["losses"][-1]
     registry[NAME] = {

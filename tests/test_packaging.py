@@ -42,7 +42,7 @@ def test_the_wheel_carries_the_default_checkpoint_and_the_registry(wheel):
     assert {"videovae/__init__.py", "videovae_kernels/__init__.py", "videovae_weights/__init__.py"} <= names
     default = registry["stepvideo_v1_demo"]["file"]
     info = zipfile.ZipFile(wheel).getinfo(f"videovae_weights/{default}")
-    assert info.file_size == (ROOT / "weights" / default).stat().st_size
+    assert info.file_size == (ROOT / "videovae_weights" / default).stat().st_size
     assert "videovae_weights/demo_photo.safetensors" in names
     assert not any(name.endswith("_tiny.safetensors") for name in names)  # the untrained fixture is a test fixture
 

@@ -34,6 +34,20 @@ def test_importing_has_no_side_effects():
     assert out.stdout.strip() == "ok", out.stderr
 
 
+def test_no_top_level_folder_shadows_another_package():
+    """Anything run from the repo root has the root on sys.path: a package folder there named like a
+    PyPI package (`kernels/` did: transformers 5 imports the PyPI `kernels`) breaks that package in
+    every such process. Every package folder at the root is named videovae*."""
+    packages = sorted(p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file())
+    assert packages and all(name.startswith("videovae") for name in packages), packages
+
+
+def test_diffusers_and_transformers_import_from_the_repo_root():
+    code = "import diffusers.models.autoencoders.autoencoder_kl_temporal_decoder, transformers; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
 def test_main_job_runs(tmp_path):
     """`python -m videovae demo` (smaller than its defaults): a sample video, its reconstruction, the
     side-by-side comparison and the metrics, with shapes and PSNR/SSIM printed."""

@@ -288,7 +288,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "sha256": file_sha256(header.path),
     }
     known = known_checkpoint(info["sha256"])
-    info["known_as"] = None if known is None else f"{known[0]}: {known[1]['source']}"  # weights/registry.json
+    info["known_as"] = None if known is None else f"{known[0]}: {known[1]['source']}"  # videovae_weights/registry.json
     print(json.dumps(info, indent=2))
     return 0
 

@@ -1,5 +1,5 @@
 """The checkpoints videovae knows: those it ships as package data (`videovae_weights`, the repo's
-`weights/` folder) and the released ones listed in `weights/registry.json`.
+`videovae_weights/` folder) and the released ones listed in `videovae_weights/registry.json`.
 
 Shipped files are found through importlib.resources, so they work from a source checkout, an
 editable install and a wheel alike.
