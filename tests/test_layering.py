@@ -28,7 +28,7 @@ def _lint(tree: Path) -> subprocess.CompletedProcess:
 
 def _copy_tree(dest: Path) -> Path:
     shutil.copytree(ROOT / "videovae", dest / "videovae", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "kernels", dest / "videovae_kernels", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "videovae_kernels", dest / "videovae_kernels", ignore=shutil.ignore_patterns("__pycache__"))
     return dest
 
 
