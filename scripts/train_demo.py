@@ -1,6 +1,6 @@
 """Train the shipped demo model and register it: the one command that reproduces `videovae_weights/`.
 
-    python scripts/train_demo.py            # about 70 minutes on 2 CPU cores; rerun to resume
+    python scripts/train_demo.py            # 70-120 minutes on 2 CPU cores (see the README); rerun to resume
 
 1. `videovae --threads 2 train --config demo-v1 --out runs/demo --stop-at 4500` (the defaults of
    `videovae train`: a 4500-step schedule, batch 2, clips 9x48x48 and 17x32x32 filmed over
