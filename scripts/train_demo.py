@@ -1,9 +1,9 @@
 """Train the shipped demo model and register it: the one command that reproduces `videovae_weights/`.
 
-    python scripts/train_demo.py            # 70-120 minutes on 2 CPU cores (see the README); rerun to resume
+    python scripts/train_demo.py            # 80-110 minutes on 2 CPU cores (see the README); rerun to resume
 
-1. `videovae --threads 2 train --config demo-v1 --out runs/demo --stop-at 4500` (the defaults of
-   `videovae train`: a 4500-step schedule, batch 2, clips 9x48x48 and 17x32x32 filmed over
+1. `videovae --threads 2 train --config demo-v1 --out runs/demo --stop-at 4000` (the defaults of
+   `videovae train`: a 4000-step schedule at lr 3e-4, batch 4 of 17x24x24 clips filmed over
    scikit-image's training photographs), the whole schedule, as the shipped model was.
    Rerunning resumes from the last checkpoint; a finished run is not trained again.
 2. `videovae convert` to float16 (half the size; videovae.load computes in float32 from it).
@@ -25,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "stepvideo_v1_demo"
 FILE = f"{NAME}.safetensors"
-SCHEDULE = 4500      # `videovae train`'s default --steps: the learning-rate schedule's length
-SHIPPED_STEP = 4500  # the shipped model ran the whole schedule
+SCHEDULE = 4000      # `videovae train`'s default --steps: the learning-rate schedule's length
+SHIPPED_STEP = 4000  # the shipped model ran the whole schedule
 
 
 def videovae(*args: str) -> None:

@@ -115,6 +115,17 @@ def test_schedule_warms_up_then_decays_to_the_final_factor():
     assert o.learning_rate_factor(100) == pytest.approx(0.1)
 
 
+def test_train_command_defaults_are_the_api_defaults():
+    from videovae.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--out", "run"])
+    defaults = TrainOptions()
+    for name in ("steps", "batch", "lr", "warmup", "kl_weight", "ssim_weight", "ema", "seed", "eval_every",
+                 "eval_shape", "checkpoint_every"):
+        assert getattr(args, name) == getattr(defaults, name), name
+    assert args.shape is None and defaults.shapes == ((17, 24, 24),)  # whole 17-frame chunks (README: Training)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(steps=0), "steps must be at least 1"),
     (dict(lr=0.0), "lr must be positive"),

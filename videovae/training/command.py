@@ -1,6 +1,6 @@
 """`videovae train`: the command line over `videovae.training.trainer`.
 
-    videovae train --config demo-v1 --out runs/demo --steps 3000          # from scratch, photo clips
+    videovae train --config demo-v1 --out runs/demo                      # from scratch, photo clips
     videovae train --init model.safetensors --data clips/ --decoder-only --out runs/ft
 
 Rerunning the same command resumes from the run folder's last checkpoint.
@@ -29,13 +29,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     start.add_argument("--init", type=Path, default=None, help="fine-tune these weights (a checkpoint videovae.load reads)")
     p.add_argument("--data", default="photos", help="'photos' (the camera generator over scikit-image's photographs, default) or a folder of videos")
     p.add_argument("--out", type=Path, required=True, help="run folder: train_state.pt, history.json, model.safetensors")
-    p.add_argument("--steps", type=int, default=4500)
+    p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                    help="stop at this step of the --steps schedule (checkpoint and model written); rerun without it to go on")
-    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--batch", type=int, default=4)
     p.add_argument("--shape", type=_shape, action="append", default=None, metavar="TxHxW",
-                   help="training clip shape, repeatable (used in turn; default 9x48x48 and 17x32x32)")
-    p.add_argument("--lr", type=float, default=1e-3)
+                   help="training clip shape, repeatable (used in turn; default 17x24x24: whole 17-frame chunks, small)")
+    p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--kl-weight", type=float, default=1e-6)
     p.add_argument("--ssim-weight", type=float, default=0.2)
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from .photos import photos
     from .trainer import TrainOptions, TrainRun, narrow_posterior
 
-    shapes = tuple(args.shape or ((9, 48, 48), (17, 32, 32)))
+    shapes = tuple(args.shape) if args.shape else TrainOptions.shapes
     options = TrainOptions(
         steps=args.steps, batch=args.batch, shapes=shapes, lr=args.lr, warmup=args.warmup,
         kl_weight=args.kl_weight, ssim_weight=args.ssim_weight, decoder_only=args.decoder_only, ema=args.ema,

@@ -2,7 +2,7 @@
 an exponential moving average (EMA) of the weights, atomic resumable state, held-out PSNR/SSIM,
 and a final safetensors file `videovae.load` reads.
 
-    run = TrainRun(model, PhotoClips(photos("train")), out_dir="runs/demo", options=TrainOptions(steps=3000))
+    run = TrainRun(model, PhotoClips(photos("train")), out_dir="runs/demo", options=TrainOptions())
     run.train()      # resumes from runs/demo/train_state.pt if an earlier run left one
 
 The run folder holds
@@ -57,10 +57,10 @@ class TrainOptions:
     ema: decay of the weights' exponential moving average (0: none; evaluate and save the raw weights).
     """
 
-    steps: int = 3000
-    batch: int = 2
-    shapes: tuple[tuple[int, int, int], ...] = ((9, 64, 64),)
-    lr: float = 1e-3
+    steps: int = 4000
+    batch: int = 4
+    shapes: tuple[tuple[int, int, int], ...] = ((17, 24, 24),)
+    lr: float = 3e-4
     warmup: int = 100
     final_lr: float = 0.05
     weight_decay: float = 1e-4
