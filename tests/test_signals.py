@@ -32,10 +32,17 @@ def temps(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if ".tmp" in p.name)
 
 
-def start(folder: Path, clip: Path) -> subprocess.Popen:
+def start(folder: Path, clip: Path, ignored: tuple[signal.Signals, ...] = ()) -> subprocess.Popen:
+    """The CLI with default signal dispositions (whatever the suite inherited, e.g. from nohup), but `ignored`."""
     cmd = [sys.executable, "-m", "videovae", "reconstruct", str(clip), "-o", str(folder / "out.mp4"),
            "--compare", str(folder / "cmp.mp4"), "-q", "--threads", "1"]
-    return subprocess.Popen(cmd, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def dispositions():
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN if sig in ignored else signal.SIG_DFL)
+
+    return subprocess.Popen(cmd, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=dispositions)
 
 
 def wait_for_temp(proc: subprocess.Popen, folder: Path, timeout: float = 60) -> None:
@@ -69,6 +76,15 @@ def test_a_signal_mid_run_leaves_no_temporary_file(long_clip, tmp_path, sig, poi
     if proc.returncode == 128 + sig:
         assert f"interrupted ({signal.Signals(sig).name})" in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temporary, no partial output
+
+
+def test_under_nohup_a_hangup_does_not_stop_the_run(long_clip, tmp_path):
+    proc = start(tmp_path, long_clip, ignored=(signal.SIGHUP,))  # what `nohup videovae ...` starts with
+    wait_for_temp(proc, tmp_path)
+    proc.send_signal(signal.SIGHUP)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cmp.mp4", "out.mp4"]
 
 
 def test_the_run_after_a_sigkill_removes_its_debris_and_the_old_output_stays_intact(long_clip, tmp_path):

@@ -215,7 +215,7 @@ def test_decoder_only_leaves_the_encoder_untouched(tmp_path):
 
 
 def test_resuming_with_other_options_is_refused(tmp_path):
-    TrainRun(StepVideoVAE(named_config("tiny-v2")), NoiseClips(), tmp_path, _options(steps=2), progress=False).train()
+    TrainRun(StepVideoVAE(named_config("tiny-v2")), NoiseClips(), tmp_path, _options(steps=2, lr=1e-3), progress=False).train()
     run = TrainRun(StepVideoVAE(named_config("tiny-v2")), NoiseClips(), tmp_path, _options(steps=2, lr=1e-4), progress=False)
     with pytest.raises(StateError, match=r"lr 0\.001 -> 0\.0001.*same options"):
         run.train()

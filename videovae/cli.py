@@ -176,7 +176,9 @@ class _Signalled(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def _signals_interrupt():
-    """SIGTERM (timeout, systemd, Slurm, Kubernetes) and SIGHUP raise _Signalled inside; restored after."""
+    """SIGTERM (timeout, systemd, Slurm, Kubernetes) and SIGHUP raise _Signalled inside; restored after.
+
+    A signal the process was started ignoring stays ignored: under `nohup` a hangup must not stop the run."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
@@ -186,7 +188,8 @@ def _signals_interrupt():
     def handler(signum, frame):
         raise _Signalled(signum)
 
-    before = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    caught = [sig for sig in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(sig) != signal.SIG_IGN]
+    before = {sig: signal.signal(sig, handler) for sig in caught}
     try:
         yield
     finally:
