@@ -30,7 +30,7 @@ SHIPPED_STEP = 4000  # the shipped model ran the whole schedule
 
 
 def videovae(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "videovae", *args], check=True)
+    subprocess.run([sys.executable, "-m", "videovae", *args], check=True, cwd=ROOT)  # this checkout's videovae
 
 
 def main() -> int:
@@ -41,11 +41,7 @@ def main() -> int:
                         help=f"step of the {SCHEDULE}-step schedule to stop at (default {SHIPPED_STEP}: the shipped model)")
     args = parser.parse_args()
 
-    videovae("--threads", args.threads, "train", "--config", "demo-v1", "--out", str(args.out), "--stop-at", args.stop_at)
-    shipped = ROOT / "videovae_weights" / FILE
-    videovae("convert", str(args.out / "model.safetensors"), "-o", str(shipped), "--dtype", "fp16")
-
-    import torch
+    import torch  # before the training, not after it: an install that cannot run this script fails now
 
     import videovae as vv
     from videovae.checkpoints import file_sha256
@@ -54,6 +50,14 @@ def main() -> int:
     from videovae.training.clips import PhotoClips, clip_generator
     from videovae.training.photos import HELD_OUT, TRAIN_COLOUR, TRAIN_GRAY, photos
     from videovae.training.trainer import EVAL_SEED
+
+    if Path(vv.__file__).resolve().parents[1] != ROOT:
+        sys.exit(f"train_demo: videovae imports from {Path(vv.__file__).parent}, not this checkout ({ROOT}); "
+                 f"run `pip install -e \".[train]\"` in {ROOT} first")
+
+    videovae("--threads", args.threads, "train", "--config", "demo-v1", "--out", str(args.out), "--stop-at", args.stop_at)
+    shipped = ROOT / "videovae_weights" / FILE
+    videovae("convert", str(args.out / "model.safetensors"), "-o", str(shipped), "--dtype", "fp16")
 
     history = json.loads((args.out / "history.json").read_text())
     options = history["options"]
