@@ -6,8 +6,9 @@ Random weights cannot catch a fast path that breaks only on realistic activation
 transforms, phase-split upsampling, seam blending, 16-bit); a trained model on natural content can.
 The floors sit about 1 dB under what the shipped model reaches (see videovae_weights/registry.json); the paths
 must also agree with the default to a few hundredths of a dB. The shipped model is short of the
-27 dB that issue 13 asks for (26.1 dB on the trainer's held-out clips; 25.3 dB on the clip below,
-23.5 dB on the demo's clip through H.264 files): the floors guard the paths, they do not claim that bar.
+27 dB that issue 13 asks for: scripts/acceptance.py (40 random camera moves over the held-out
+photographs, through `videovae reconstruct`) measures 25.4 dB mean, SSIM 0.824, from 20.9 to 28.9 dB
+per clip. The floors guard the paths on two of those clips, they do not claim that bar.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ from videovae.registry import demo_photo, registry, shipped_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (17, 96, 128)  # (T, H, W): the acceptance size
-PSNR_FLOOR = 24.3      # dB on the seed-7 clip below (the shipped model: 25.30 dB, SSIM 0.849)
-SSIM_FLOOR = 0.82
-FILE_PSNR_FLOOR = 22.5  # dB on the demo's clip through H.264 files (the shipped model: 23.48 dB, SSIM 0.787)
-FILE_SSIM_FLOOR = 0.76
+PSNR_FLOOR = 27.1      # dB on the seed-7 clip below (the shipped model: 28.12 dB, SSIM 0.878)
+SSIM_FLOOR = 0.85
+FILE_PSNR_FLOOR = 22.9  # dB on the demo's camera move in 17 frames, through H.264 files (the shipped model: 23.90 dB, SSIM 0.822)
+FILE_SSIM_FLOOR = 0.79
 PATH_AGREEMENT = 0.05  # dB between an exact path and the default
 BF16_GAP = 1.0         # dB that bf16 compute may lose against float32
 
@@ -56,7 +57,7 @@ def default_psnr(vae, clip) -> float:
 
 def test_the_shipped_model_is_the_trained_demo_model():
     entry = registry()[videovae.registry.DEFAULT_NAME]
-    assert entry["shipped"] and entry["trained"]["reconstruct_17x96x128"]["psnr"] >= FILE_PSNR_FLOOR
+    assert entry["shipped"] and entry["trained"]["demo_camera_17x96x128"]["psnr"] >= FILE_PSNR_FLOOR
     assert file_sha256(shipped_checkpoint()) == entry["sha256"]
 
 
@@ -139,3 +140,19 @@ def test_videovae_reconstruct_clears_the_file_floor(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads(metrics.read_text())["metrics"]
     assert summary["mean_psnr"] >= FILE_PSNR_FLOOR and summary["mean_ssim"] >= FILE_SSIM_FLOOR
+
+
+def test_the_acceptance_script_scores_every_clip(tmp_path):
+    """scripts/acceptance.py, one camera move per held-out photograph: a line per clip, a summary of them."""
+    out = tmp_path / "acceptance.json"
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "acceptance.py"), "--moves", "1", "--json", str(out)],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    clips, summary = report["clips"], report["summary"]
+    assert [(c["photo"], c["seed"]) for c in clips] == [("astronaut", 100), ("coffee", 100)]
+    assert all(c["psnr"] >= FILE_PSNR_FLOOR and c["ssim"] >= FILE_SSIM_FLOOR for c in clips)
+    assert summary["mean_psnr"] == pytest.approx(sum(c["psnr"] for c in clips) / 2, abs=1e-3)
+    assert summary["min_psnr"] == min(c["psnr"] for c in clips)
+    assert summary["clips_at_27db"] == f"{sum(c['psnr'] >= 27 for c in clips)}/2"
+    assert "PSNR mean" in result.stdout.splitlines()[-1]

@@ -82,6 +82,19 @@ def test_batches_are_fixed_by_seed_and_step_whatever_the_batch_size():
     assert not torch.equal(two, make_batch(source, seed=1, step=6, batch=2, shape=(5, 16, 16)))
 
 
+def test_training_clips_are_windows_of_a_larger_view():
+    """A 16x16 clip filmed directly squeezes the whole photograph into 16 pixels; a window of a view
+    filmed 4x larger carries the detail (and the motion) per pixel of a 64-pixel video."""
+    def detail(view_scale):
+        batch = make_batch(PhotoClips({"p": _photo()}, view_scale=view_scale), seed=0, step=0, batch=8, shape=(5, 16, 16))
+        return (batch.diff(dim=-1).abs().mean() + batch.diff(dim=-2).abs().mean()).item()
+
+    assert detail((1.0, 1.0)) > 2.5 * detail((4.0, 4.0))
+    assert make_batch(PhotoClips({"p": _photo()}), seed=0, step=0, batch=2, shape=(5, 16, 16)).shape == (2, 5, 3, 16, 16)
+    with pytest.raises(videovae.VideoVAEError, match=r"1 <= low <= high"):
+        PhotoClips({"p": _photo()}, view_scale=(0.5, 2.0))
+
+
 def test_held_out_photos_are_never_training_photos():
     from videovae.training import photos
 

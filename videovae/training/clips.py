@@ -9,6 +9,7 @@ seed: a resumed run sees exactly the batches an uninterrupted one would have.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -28,19 +29,31 @@ def clip_generator(seed: int, step: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_009 + index)
 
 
+VIEW_SCALE = (2.0, 6.0)  # training clips are crops of views filmed 2x to 6x larger (see PhotoClips)
+
+
 class PhotoClips:
     """Clips filmed by a random virtual camera (`videovae.camera`) over one of `photos`, flipped at
     random, with random colour: gray photographs get a tint, colour ones a channel permutation and a
     saturation change, and every clip a contrast change. Colour photographs are drawn twice as often
     as gray ones (held-out content is colour: a model that saw mostly gray textures learns washed-out,
-    low-contrast output). augment=False films the photographs as they are (held-out evaluation)."""
+    low-contrast output). augment=False films the photographs as they are (held-out evaluation).
 
-    def __init__(self, photos: dict[str, Tensor], *, augment: bool = True):
+    A training clip is a window of a larger view: the camera films (frames, s H, s W) with s drawn
+    log-uniformly from `view_scale`, and the clip is a random (H, W) crop of it, the same in every
+    frame. A small clip filmed directly would show the whole photograph squeezed into H pixels, with
+    its motion shrunk as much: crops of a 96-pixel view carry the detail and the per-frame motion,
+    in pixels, of the 96x128 videos the model reconstructs."""
+
+    def __init__(self, photos: dict[str, Tensor], *, augment: bool = True, view_scale: tuple[float, float] = VIEW_SCALE):
         if not photos:
             raise UsageError("PhotoClips needs at least one photograph")
+        if not 1.0 <= view_scale[0] <= view_scale[1]:
+            raise UsageError(f"PhotoClips: view_scale is (low, high) with 1 <= low <= high; got {view_scale}")
         self.names = sorted(photos)
         self.photos = photos
         self.augment = augment
+        self.view_scale = view_scale
         self.gray = {name for name in self.names if _is_gray(photos[name])}
         weights = torch.tensor([1.0 if name in self.gray else 2.0 for name in self.names])
         self.weights = weights / weights.sum()
@@ -51,9 +64,9 @@ class PhotoClips:
         photo = self.photos[name]
         if bool(torch.rand((), generator=generator) < 0.5):
             photo = photo.flip(-1)
-        clip = render(photo, random_path(generator), frames, height, width)
         if not self.augment:
-            return clip
+            return render(photo, random_path(generator), frames, height, width)
+        clip = self._window(photo, generator, frames, height, width)
         clip = (clip + 1) / 2  # [0, 1]
         if name in self.gray:
             tint = 0.55 + 0.45 * torch.rand(3, generator=generator)  # per-channel gain
@@ -67,6 +80,16 @@ class PhotoClips:
         mean = clip.mean()
         clip = mean + contrast * (clip - mean)
         return (clip * 2 - 1).clamp(-1, 1)
+
+    def _window(self, photo: Tensor, generator: torch.Generator, frames: int, height: int, width: int) -> Tensor:
+        """A random (height, width) crop of a view filmed s times larger: (frames, 3, height, width)."""
+        low, high = (math.log(v) for v in self.view_scale)
+        scale = math.exp(low + (high - low) * float(torch.rand((), generator=generator)))
+        view_h, view_w = max(height, round(height * scale)), max(width, round(width * scale))
+        view = render(photo, random_path(generator), frames, view_h, view_w)  # (frames, 3, view_h, view_w)
+        top = int(torch.randint(view_h - height + 1, (), generator=generator))
+        left = int(torch.randint(view_w - width + 1, (), generator=generator))
+        return view[:, :, top : top + height, left : left + width]
 
 
 def _is_gray(photo: Tensor) -> bool:
