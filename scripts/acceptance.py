@@ -73,6 +73,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.moves < 1:
         parser.error(f"--moves must be at least 1; got {args.moves}")
+    if args.json and not args.json.parent.is_dir():
+        parser.error(f"--json: folder {args.json.parent} does not exist")
     from videovae.registry import shipped_checkpoint
 
     result = measure(args.checkpoint or str(shipped_checkpoint()), args.moves, args.first_seed, args.threads)
