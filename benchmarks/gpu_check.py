@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -98,6 +99,15 @@ def device_facts(device: torch.device) -> dict:
 
 # -- 1. the tests ---------------------------------------------------------------------------------
 
+# pytest's closing line ("3 passed, 12 skipped in 4.1s"); plugins may print warnings after it
+PYTEST_RESULT = re.compile(r"\b\d+ (passed|failed|skipped|errors?|deselected)\b.* in [\d.]+s")
+
+
+def pytest_summary(lines: list[str]) -> str:
+    """pytest's result line from its output lines; the last line when there is none (a crash)."""
+    return next((line for line in reversed(lines) if PYTEST_RESULT.search(line)), lines[-1] if lines else "(no output)")
+
+
 def run_tests(timeout_s: int) -> dict:
     env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONDONTWRITEBYTECODE": "1"}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
@@ -109,7 +119,7 @@ def run_tests(timeout_s: int) -> dict:
     except subprocess.TimeoutExpired as exc:
         output, code = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or ""), "timeout"
     lines = [line for line in output.strip().splitlines() if line.strip()]
-    summary = lines[-1] if lines else "(no output)"
+    summary = pytest_summary(lines)
     failures = [line for line in lines if line.startswith(("FAILED", "ERROR"))][:20]
     return {"command": " ".join(cmd[1:]), "exit": code, "summary": summary, "failures": failures,
             "seconds": round(time.perf_counter() - start, 1)}

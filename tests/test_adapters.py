@@ -11,13 +11,13 @@ import pytest
 import torch
 
 import videovae
-from conftest import stepvideo_io, stepvideo_weights
+from conftest import SVD_ATOL, stepvideo_io, stepvideo_weights
 from videovae.adapters.diffusers import SVDFace, VideoFace
 from videovae.errors import OptionError, VideoLayoutError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "svd"
 DIFFUSERS_DIR = FIXTURES / "svd_vae_tiny_diffusers"
-ATOL = 1e-5
+ATOL = SVD_ATOL
 HAVE_PIPELINE_DEPS = all(importlib.util.find_spec(m) is not None for m in ("diffusers", "transformers"))
 needs_pipeline = pytest.mark.skipif(
     not HAVE_PIPELINE_DEPS, reason="diffusers and transformers are not importable (pip install videovae[test])"

@@ -3,6 +3,7 @@ one try, so the script must not rot) and benchmarks/bench_dtypes.py."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -38,6 +39,18 @@ def test_gpu_check_smoke_runs_every_step_and_saves_its_table(tmp_path):
 def test_gpu_check_without_a_gpu_says_so():
     done = run("gpu_check.py", timeout=60)
     assert done.returncode == 2 and "no CUDA device" in done.stderr
+
+
+def test_gpu_check_reads_the_pytest_result_past_a_plugin_warning():
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    lines = ["sss.. [100%]", "3 passed, 12 skipped, 2 warnings in 4.10s",
+             "/site-packages/pytest_benchmark/logger.py:44: PytestBenchmarkWarning: Benchmarks are automatically disabled",
+             "  warner(PytestBenchmarkWarning(text))"]
+    assert gpu_check.pytest_summary(lines) == "3 passed, 12 skipped, 2 warnings in 4.10s"
+    assert gpu_check.pytest_summary(["Segmentation fault"]) == "Segmentation fault"
+    assert gpu_check.pytest_summary([]) == "(no output)"
 
 
 def test_bench_dtypes_reports_what_each_request_computes_in(tmp_path):

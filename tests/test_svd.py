@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import videovae
-from conftest import stepvideo_weights
+from conftest import SVD_ATOL, stepvideo_weights
 from videovae.chunk_state import OverlapBlender, crossfade_weights, overlap_windows, overlapped_windows
 from videovae.errors import CheckpointMismatchError
 from videovae.convert import convert_svd_checkpoint
@@ -23,7 +23,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "svd"
 DIFFUSERS_DIR = FIXTURES / "svd_vae_tiny_diffusers"
 WEIGHTS = DIFFUSERS_DIR / "diffusion_pytorch_model.safetensors"
 ORIGINAL = FIXTURES / "svd_vae_tiny_original.safetensors"
-ATOL = 1e-5
+ATOL = SVD_ATOL
 
 
 
